@@ -1,0 +1,185 @@
+"""Load the LMNH kiosk feed from Kafka into PostgreSQL: every message validated, stored exactly
+once as a rating, a request or a rejection with its reason.
+
+Exit codes: 0 done (also after a requested stop), 1 unexpected error, 2 configuration or usage,
+3 Kafka broker unreachable, 4 Kafka authentication failed, 5 database unreachable or refused,
+6 database schema missing, 7 topic missing or recreated, 130 interrupted twice (batch abandoned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from lmnh.config import load_config, read_environment
+from lmnh.errors import ConfigError, ExitCode, FatalError, TransientError
+from lmnh.events import KafkaMessage, Rejection
+from lmnh.kafka_source import KafkaSource
+from lmnh.pipeline import Pipeline, RunOptions
+from lmnh.store import Store
+from lmnh.validation import validate_message
+
+__all__ = ["main", "validate_message"]
+
+DEFAULT_LIMIT = 100_000
+_RAW_SHOWN_BYTES = 200
+
+log = logging.getLogger("lmnh")
+rejected_log = logging.getLogger("lmnh.rejected")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kafka_pipeline.py",
+        description="Consume kiosk messages from Kafka, validate each one, and load it into "
+        "PostgreSQL exactly once. Connection settings come from the environment or .env "
+        "(see .env.example); without them the local stack (`python -m stack up`) is used.",
+        epilog="Exit codes: 0 done, 1 unexpected error, 2 configuration, 3 broker unreachable, "
+        "4 Kafka authentication, 5 database unreachable, 6 schema missing, 7 topic missing, "
+        "130 interrupted twice.",
+    )
+    parser.add_argument("--topic", default="lmnh", help="Kafka topic to consume (default: lmnh)")
+    stopping = parser.add_mutually_exclusive_group()
+    stopping.add_argument(
+        "--limit",
+        type=_positive_int,
+        help=f"stop after exactly this many messages (default: {DEFAULT_LIMIT})",
+    )
+    stopping.add_argument(
+        "--follow", action="store_true", help="run until stopped (Ctrl-C or SIGTERM)"
+    )
+    parser.add_argument(
+        "--logfile", type=Path, help="log invalid messages to this file instead of the terminal"
+    )
+    parser.add_argument(
+        "--group-id", help="consumer group (default: KAFKA_GROUP_ID or lmnh-pipeline)"
+    )
+    parser.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="a new group starts at the oldest message instead of the newest (partitions the "
+        "database has loaded before always resume where it stopped)",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=5000, help="messages per transaction"
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=_positive_int,
+        default=500,
+        help="store a partial batch once its first message is this old (default: 500)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="without --follow, stop once no message has arrived for this long (default: 10)",
+    )
+    parser.add_argument("--env-file", type=Path, help="read settings from this file, not .env")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _configure_logging(args.logfile)
+    try:
+        settings = load_config(read_environment(args.env_file))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        return ExitCode.CONFIG
+
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    options = RunOptions(
+        limit=None if args.follow else (args.limit or DEFAULT_LIMIT),
+        batch_size=args.batch_size,
+        batch_timeout_s=args.batch_timeout_ms / 1000,
+        idle_timeout_s=None if args.follow else args.idle_timeout,
+    )
+    store = Store(settings.database)
+    pipeline = Pipeline(store, options, _log_rejected, stop)
+    source: KafkaSource | None = None
+    try:
+        store.check()
+        source = KafkaSource(
+            settings.kafka,
+            args.topic,
+            args.group_id or settings.kafka.group_id,
+            from_beginning=args.from_beginning,
+            start_offsets=pipeline.start_offsets,
+        )
+        source.check()
+        source.subscribe()
+        stats = pipeline.run(source)
+    except FatalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except TransientError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return ExitCode.DATABASE_UNREACHABLE
+    except KeyboardInterrupt:
+        print("interrupted: the batch in hand was abandoned, nothing half-stored", file=sys.stderr)
+        return 130
+    finally:
+        if source is not None:
+            source.close()
+        store.close()
+    print(stats.summary())
+    return ExitCode.OK
+
+
+def _configure_logging(logfile: Path | None) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if logfile is not None:
+        handler = logging.FileHandler(logfile, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        rejected_log.addHandler(handler)
+        rejected_log.propagate = False
+
+
+def _log_rejected(message: KafkaMessage, rejection: Rejection) -> None:
+    raw = b"" if message.value is None else message.value
+    shown = raw[:_RAW_SHOWN_BYTES].decode("utf-8", "backslashreplace")
+    more = f" (+{len(raw) - _RAW_SHOWN_BYTES} bytes)" if len(raw) > _RAW_SHOWN_BYTES else ""
+    rejected_log.warning(
+        "invalid %s[%d]@%d %s | %r%s",
+        message.topic,
+        message.partition,
+        message.offset,
+        rejection,
+        shown,
+        more,
+    )
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM: finish the batch in hand, commit, exit. Second: abandon it."""
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("%s: stopping after the batch in hand", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

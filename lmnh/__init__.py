@@ -1,0 +1,1 @@
+"""LMNH kiosk feedback: validate every kiosk message and load it into PostgreSQL exactly once."""

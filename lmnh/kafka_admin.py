@@ -1,0 +1,191 @@
+"""Client settings and topic administration: the Kafka edge shared by the pipeline, the
+simulator and the local stack."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for mypy
+from confluent_kafka.admin._metadata import ClusterMetadata  # not re-exported for mypy
+from confluent_kafka.cimpl import NewTopic
+
+from lmnh.config import KafkaSettings
+from lmnh.errors import ExitCode, FatalError
+
+
+def client_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka settings common to consumers, producers and admin clients."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "security.protocol": kafka.security_protocol,
+        # librdkafka resolves "localhost" to ::1 first; the local broker binds 127.0.0.1 only.
+        "broker.address.family": "v4" if kafka.local else "any",
+    }
+    if kafka.sasl_mechanism:
+        config["sasl.mechanism"] = kafka.sasl_mechanism
+        config["sasl.username"] = kafka.sasl_username
+        config["sasl.password"] = kafka.sasl_password.reveal() if kafka.sasl_password else ""
+    if kafka.ssl_ca_location:
+        config["ssl.ca.location"] = kafka.ssl_ca_location
+    return config
+
+
+# librdkafka's own log lines (connection refused, auth failures...) go through this logger
+# instead of raw stderr; the application decides whether to show them. The same failures
+# reach callers as exceptions below.
+_log = logging.getLogger(__name__)
+_log.addHandler(logging.NullHandler())
+
+_REQUEST_TIMEOUT_S = 30.0
+_POLL_S = 0.5  # short: an auth failure shows ~0.3 s after connecting
+
+
+def _admin(kafka: KafkaSettings, errors: list[KafkaError] | None = None) -> AdminClient:
+    config = client_config(kafka)
+    config["logger"] = _log
+    if errors is not None:
+        # Served by AdminClient.poll(): the only place the real cause of a failed request
+        # (e.g. _AUTHENTICATION) shows; list_topics() itself just says _TRANSPORT.
+        config["error_cb"] = errors.append
+    return AdminClient(config)
+
+
+def wait_until_ready(kafka: KafkaSettings, timeout_s: float) -> None:
+    """Block until the cluster answers a metadata request.
+
+    Rejected SASL credentials fail at once (librdkafka would retry them forever, and only
+    `error_cb` says why); anything else is retried until `timeout_s`.
+    """
+    errors: list[KafkaError] = []
+    admin = _admin(kafka, errors)
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(_POLL_S, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            last = exc.args[0].str()
+        admin.poll(0)
+        for error in errors:
+            if error.code() == KafkaError._AUTHENTICATION:
+                raise FatalError(
+                    f"Kafka at {kafka.bootstrap_servers} rejected the SASL credentials "
+                    f"({error.str()}); check SASL_USERNAME and SASL_PASSWORD",
+                    ExitCode.AUTHENTICATION,
+                )
+        # "_ALL_BROKERS_DOWN" says less than the connect error that caused it.
+        last = next((e.str() for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN), last)
+        errors.clear()
+        if time.monotonic() >= deadline:
+            fix = (
+                "start it with `python -m stack up kafka`"
+                if kafka.local
+                else "check BOOTSTRAP_SERVERS and that the cluster is reachable from here"
+            )
+            raise FatalError(
+                f"Kafka at {kafka.bootstrap_servers} did not answer within {timeout_s:.3g} s "
+                f"({last}); {fix}",
+                ExitCode.BROKER_UNREACHABLE,
+            )
+
+
+def topic_partition_counts(kafka: KafkaSettings) -> dict[str, int]:
+    """Every topic the cluster reports, with its number of partitions."""
+    metadata = _list_topics(_admin(kafka))
+    return {name: len(topic.partitions) for name, topic in sorted(metadata.topics.items())}
+
+
+def topic_message_count(kafka: KafkaSettings, topic: str) -> int:
+    """Messages the topic holds now (latest minus earliest offset, over its partitions)."""
+    admin = _admin(kafka)
+    metadata = _list_topics(admin, topic).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise FatalError(f"topic {topic!r} does not exist", ExitCode.TOPIC_MISSING)
+    count = 0
+    ends = ((OffsetSpec.latest(), 1), (OffsetSpec.earliest(), -1))  # type: ignore[no-untyped-call]
+    for spec, sign in ends:
+        requests = {TopicPartition(topic, p): spec for p in metadata.partitions}
+        for future in admin.list_offsets(requests, request_timeout=_REQUEST_TIMEOUT_S).values():
+            count += sign * future.result().offset
+    return count
+
+
+def ensure_topic(kafka: KafkaSettings, topic: str, partitions: int) -> bool:
+    """Create `topic` if missing; True if this call created it.
+
+    Returns only once every partition has a leader, so producing right after cannot hit
+    "unknown topic or partition" while the new topic propagates.
+    """
+    admin = _admin(kafka)
+    created = topic not in _list_topics(admin).topics
+    if created:
+        # The cluster's default replication factor: 1 on the local broker, 3 on a hosted one.
+        future = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions)], request_timeout=_REQUEST_TIMEOUT_S
+        )[topic]
+        try:
+            future.result()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise FatalError(
+                    f"cannot create topic {topic!r}: {error.str()}", ExitCode.TOPIC_MISSING
+                ) from None
+            created = False  # another client won the race
+    _wait_for_leaders(admin, topic, partitions if created else 1)
+    return created
+
+
+def delete_topic(kafka: KafkaSettings, topic: str) -> bool:
+    """Delete `topic`; True if it existed. Returns once metadata no longer lists it, so
+    the topic can be re-created straight away."""
+    admin = _admin(kafka)
+    future = admin.delete_topics([topic], request_timeout=_REQUEST_TIMEOUT_S)[topic]
+    try:
+        future.result()
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return False
+        raise FatalError(
+            f"cannot delete topic {topic!r}: {error.str()}", ExitCode.UNEXPECTED
+        ) from None
+    deadline = time.monotonic() + _REQUEST_TIMEOUT_S
+    while topic in _list_topics(admin).topics:
+        if time.monotonic() >= deadline:
+            raise FatalError(f"topic {topic!r} still listed after deletion", ExitCode.UNEXPECTED)
+        time.sleep(0.1)
+    return True
+
+
+def _list_topics(admin: AdminClient, topic: str | None = None) -> ClusterMetadata:
+    try:
+        return admin.list_topics(topic=topic, timeout=_REQUEST_TIMEOUT_S)
+    except KafkaException as exc:
+        raise FatalError(
+            f"Kafka metadata request failed: {exc.args[0].str()}", ExitCode.BROKER_UNREACHABLE
+        ) from None
+
+
+def _wait_for_leaders(admin: AdminClient, topic: str, partitions: int) -> None:
+    deadline = time.monotonic() + _REQUEST_TIMEOUT_S
+    while True:
+        metadata = _list_topics(admin, topic).topics.get(topic)
+        if (
+            metadata is not None
+            and metadata.error is None
+            and len(metadata.partitions) >= partitions
+            and all(p.leader >= 0 and p.error is None for p in metadata.partitions.values())
+        ):
+            return
+        if time.monotonic() >= deadline:
+            raise FatalError(
+                f"topic {topic!r} has no leader for every partition after {_REQUEST_TIMEOUT_S:g} s",
+                ExitCode.TOPIC_MISSING,
+            )
+        time.sleep(0.1)

@@ -1,0 +1,208 @@
+"""The loop: batch -> validate -> store -> commit offsets, until the limit, idleness or a stop.
+
+Offsets are committed to Kafka only after the database transaction holding the batch has
+committed, and the database itself records each partition's next offset, so a crash at any
+point loses nothing and doubles nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from lmnh.database import is_transient
+from lmnh.events import KafkaMessage, Outcome, Reason, Rejection
+from lmnh.reference import Reference
+from lmnh.store import Store, WriteResult
+from lmnh.validation import validate
+
+log = logging.getLogger(__name__)
+
+# Codes that may only mean "the reference data has grown since we loaded it".
+_UNKNOWN_KEY_CODES = {Reason.INVALID_SITE, Reason.INVALID_VAL, Reason.INVALID_TYPE}
+_RETRY_FIRST_S = 0.5
+_RETRY_MAX_S = 30.0
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """A stop was requested while waiting for the database."""
+
+
+class MessageSource(Protocol):
+    # When the group last gave or took partitions; None until it first has.
+    rebalanced_at: float | None
+
+    def next_batch(
+        self, max_messages: int, max_wait_s: float, stop: threading.Event
+    ) -> list[KafkaMessage]: ...
+    def commit(self, messages: Sequence[KafkaMessage]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    limit: int | None  # stop after this many messages; None: no limit
+    batch_size: int = 5000
+    batch_timeout_s: float = 0.5
+    idle_timeout_s: float | None = 10.0  # stop when nothing arrives for this long; None: never
+    progress_interval_s: float = 10.0
+    reference_refresh_s: float = 5.0  # at most one reload of the reference data this often
+
+
+@dataclass(slots=True)
+class RunStats:
+    consumed: int = 0
+    ratings: int = 0
+    requests: int = 0
+    already_stored: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def add(self, result: WriteResult, outcomes: Sequence[Outcome], consumed: int) -> None:
+        self.consumed += consumed
+        self.ratings += result.ratings
+        self.requests += result.requests
+        self.already_stored += result.already_stored
+        self.rejected.update(o.code.value for o in outcomes if isinstance(o, Rejection))
+
+    def summary(self) -> str:
+        seconds = self.seconds
+        rate = self.consumed / seconds if seconds > 0 else 0.0
+        rejected = ", ".join(f"{code} {n}" for code, n in self.rejected.most_common() if n)
+        replayed = f", already stored {self.already_stored}" if self.already_stored else ""
+        return (
+            f"consumed {self.consumed}, stored {self.ratings + self.requests}"
+            f" (ratings {self.ratings}, requests {self.requests}),"
+            f" rejected {sum(self.rejected.values())}{' (' + rejected + ')' if rejected else ''}"
+            f"{replayed}, {seconds:.1f} s, {rate:.0f} msg/s"
+        )
+
+
+class Pipeline:
+    """Moves kiosk messages from a source into the store, one transaction per batch."""
+
+    def __init__(
+        self,
+        store: Store,
+        options: RunOptions,
+        on_rejected: Callable[[KafkaMessage, Rejection], None],
+        stop: threading.Event,
+    ) -> None:
+        self._stop = stop
+        self._store = store
+        self._options = options
+        self._on_rejected = on_rejected
+        self._reference: Reference | None = None
+        self._reference_loaded = 0.0
+
+    def start_offsets(self, topic: str, partitions: list[int]) -> Mapping[int, int]:
+        """Where each partition resumes: the database's record of how far it has loaded."""
+        return self._retry(lambda: self._store.stored_offsets(topic, partitions))
+
+    def run(self, source: MessageSource) -> RunStats:
+        """Load until the limit, idleness or a stop; a stop finishes the batch in hand."""
+        stats = RunStats()
+        try:
+            self._loop(source, stats)
+        except Stopped:
+            log.warning(
+                "stopped while the database was unavailable: the batch in hand was"
+                " not stored and its offsets not committed"
+            )
+        return stats
+
+    def _loop(self, source: MessageSource, stats: RunStats) -> None:
+        options = self._options
+        last_message = last_progress = time.monotonic()
+        while not self._stop.is_set():
+            wanted = options.batch_size
+            if options.limit is not None:
+                wanted = min(wanted, options.limit - stats.consumed)
+                if wanted <= 0:
+                    break
+            messages = source.next_batch(wanted, options.batch_timeout_s, self._stop)
+            now = time.monotonic()
+            if messages:
+                last_message = now
+                # A stop during the fetch still stores what was fetched: never half a batch.
+                self._load(source, messages, stats)
+            elif self._idle(source, last_message, now):
+                log.info("no message for %.0f s: caught up", options.idle_timeout_s)
+                break
+            if now - last_progress >= options.progress_interval_s:
+                last_progress = now
+                log.info("progress: %s", stats.summary())
+
+    def _idle(self, source: MessageSource, last_message: float, now: float) -> bool:
+        """Idle: nothing for `idle_timeout_s` since the last message or rebalance. Joining the
+        group does not count: it may wait out a crashed member's session."""
+        timeout = self._options.idle_timeout_s
+        if timeout is None or source.rebalanced_at is None:
+            return False
+        return now - max(last_message, source.rebalanced_at) >= timeout
+
+    def _load(self, source: MessageSource, messages: list[KafkaMessage], stats: RunStats) -> None:
+        """Validate, store in one transaction, then commit the offsets to Kafka."""
+        received_at = datetime.now(UTC)
+        outcomes = self._validate(messages, received_at)
+        reference = self._current_reference()
+        result = self._retry(
+            lambda: self._store.write_batch(messages, outcomes, reference, received_at)
+        )
+        source.commit(messages)
+        stats.add(result, outcomes, len(messages))
+        for message, outcome in zip(messages, outcomes, strict=True):
+            if isinstance(outcome, Rejection):
+                self._on_rejected(message, outcome)
+
+    def _validate(self, messages: list[KafkaMessage], now: datetime) -> list[Outcome]:
+        reference = self._current_reference()
+        outcomes = [validate(m.value, reference, now) for m in messages]
+        unknown = any(isinstance(o, Rejection) and o.code in _UNKNOWN_KEY_CODES for o in outcomes)
+        if (
+            unknown
+            and time.monotonic() - self._reference_loaded >= self._options.reference_refresh_s
+        ):
+            reloaded = self._current_reference(reload=True)
+            if reloaded != reference:
+                log.info("reference data changed: %d exhibitions", len(reloaded.exhibition_ids))
+                outcomes = [validate(m.value, reloaded, now) for m in messages]
+        return outcomes
+
+    def _current_reference(self, *, reload: bool = False) -> Reference:
+        if self._reference is None or reload:
+            self._reference = self._retry(self._store.load_reference)
+            self._reference_loaded = time.monotonic()
+        return self._reference
+
+    def _retry(self, action: Callable[[], T]) -> T:
+        """Run `action`, waiting out transient database failures with bounded backoff.
+
+        Nothing is committed to Kafka meanwhile; a stop during the wait raises `Stopped`.
+        """
+        delay = _RETRY_FIRST_S
+        while True:
+            try:
+                return action()
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                self._store.reset_connection()
+                log.warning(
+                    "database unavailable (%s); retrying in %.1f s",
+                    str(error).strip().splitlines()[0],
+                    delay,
+                )
+            if self._stop.wait(delay):
+                raise Stopped
+            delay = min(delay * 2, _RETRY_MAX_S)

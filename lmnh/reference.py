@@ -1,0 +1,45 @@
+"""Reference data the validator judges against: which exhibitions, ratings and requests exist.
+
+The vocabularies are data (the reference tables), not constants spread through the code: the
+pipeline loads a `Reference` from PostgreSQL and reloads it when an unknown key appears.
+`KIOSK_REFERENCE` mirrors the seed rows of `schema.sql` so that `validate_message` can be used
+without a database; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Exhibition public id -> start date, and the valid rating and request values."""
+
+    exhibition_start: Mapping[str, date]
+    rating_values: frozenset[int]
+    request_values: frozenset[int]
+    # Database keys, filled when loaded from PostgreSQL; the validator does not need them.
+    exhibition_ids: Mapping[str, int] = field(default_factory=dict)
+    rating_ids: Mapping[int, int] = field(default_factory=dict)
+    request_ids: Mapping[int, int] = field(default_factory=dict)
+
+
+def public_id_for_site(site: str) -> str:
+    """Site "N" is the exhibition whose public id is EXH_0N (two digits at least)."""
+    return f"EXH_{int(site):02d}"
+
+
+KIOSK_REFERENCE = Reference(
+    exhibition_start={
+        "EXH_00": date(2021, 8, 23),
+        "EXH_01": date(2019, 7, 1),
+        "EXH_02": date(2021, 3, 3),
+        "EXH_03": date(2019, 7, 1),
+        "EXH_04": date(2021, 5, 12),
+        "EXH_05": date(2023, 2, 1),
+    },
+    rating_values=frozenset(range(5)),
+    request_values=frozenset(range(2)),
+)

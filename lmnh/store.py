@@ -1,0 +1,192 @@
+"""The pipeline's reads and writes: the reference cache, and one transaction per batch.
+
+Exactly once: a batch's rows and the partitions' next offsets are written in one transaction,
+under a row lock on those partitions' `kafka_offset` rows. Messages below the stored offset
+were stored before (a replay after a crash or a rebalance) and are skipped, so each message
+lands once, in a fact table or in `rejected_message`, whichever process loads it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from psycopg2.extensions import connection as Connection
+
+from lmnh.config import DatabaseSettings
+from lmnh.database import connect, require_schema
+from lmnh.events import KafkaMessage, Outcome, RatingEvent, Rejection, RequestEvent
+from lmnh.reference import Reference
+
+# COPY's text format: backslash, tab and line breaks are escaped; NUL cannot be stored in text.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": ""})
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    ratings: int
+    requests: int
+    rejected: int
+    already_stored: int  # replayed messages skipped because an earlier run stored them
+
+
+class Store:
+    """One connection to PostgreSQL, opened on demand and reopened after a failure."""
+
+    def __init__(self, db: DatabaseSettings) -> None:
+        self._db = db
+        self._conn: Connection | None = None
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._db, application_name="lmnh-pipeline")
+        return self._conn
+
+    def check(self) -> None:
+        """Fail fast, with a clear error, when the database or the schema is missing."""
+        require_schema(self._connection())
+
+    def reset_connection(self) -> None:
+        """Drop the connection after an error; the next call opens a fresh one."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def close(self) -> None:
+        self.reset_connection()
+
+    def load_reference(self) -> Reference:
+        conn = self._connection()
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT public_id, exhibition_id, exhibition_start_date FROM exhibition")
+            exhibitions = cur.fetchall()
+            cur.execute("SELECT rating_value, rating_id FROM rating")
+            ratings = dict(cur.fetchall())
+            cur.execute("SELECT request_value, request_id FROM request")
+            requests = dict(cur.fetchall())
+        return Reference(
+            exhibition_start={public_id: start for public_id, _, start in exhibitions},
+            rating_values=frozenset(ratings),
+            request_values=frozenset(requests),
+            exhibition_ids={
+                public_id: exhibition_id for public_id, exhibition_id, _ in exhibitions
+            },
+            rating_ids=ratings,
+            request_ids=requests,
+        )
+
+    def stored_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """The next offset to load for each partition that has been loaded before."""
+        conn = self._connection()
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT kafka_partition, next_offset FROM kafka_offset"
+                " WHERE kafka_topic = %s AND kafka_partition = ANY(%s)",
+                (topic, list(partitions)),
+            )
+            return dict(cur.fetchall())
+
+    def write_batch(
+        self,
+        messages: Sequence[KafkaMessage],
+        outcomes: Sequence[Outcome],
+        reference: Reference,
+        received_at: datetime,
+    ) -> WriteResult:
+        """Store a batch in one transaction and advance its partitions' offsets."""
+        conn = self._connection()
+        highest: dict[tuple[str, int], int] = {}
+        for message in messages:
+            key = (message.topic, message.partition)
+            highest[key] = max(highest.get(key, -1), message.offset)
+        topics = [topic for topic, _ in highest]
+        partitions = [partition for _, partition in highest]
+
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO kafka_offset (kafka_topic, kafka_partition, next_offset)"
+                " SELECT * , 0 FROM unnest(%s::text[], %s::int[])"
+                " ON CONFLICT DO NOTHING",
+                (topics, partitions),
+            )
+            # The row lock serialises two processes that briefly both hold a partition.
+            cur.execute(
+                "SELECT kafka_topic, kafka_partition, next_offset FROM kafka_offset"
+                " WHERE (kafka_topic, kafka_partition) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::int[]))"
+                " ORDER BY kafka_topic, kafka_partition FOR UPDATE",
+                (topics, partitions),
+            )
+            next_offset = {(topic, partition): offset for topic, partition, offset in cur}
+
+            ratings, requests, rejected = io.StringIO(), io.StringIO(), io.StringIO()
+            counts = [0, 0, 0]
+            already_stored = 0
+            received = received_at.isoformat()
+            for message, outcome in zip(messages, outcomes, strict=True):
+                if message.offset < next_offset[(message.topic, message.partition)]:
+                    already_stored += 1
+                    continue
+                coordinates = f"{message.topic}\t{message.partition}\t{message.offset}\n"
+                if isinstance(outcome, RatingEvent):
+                    ratings.write(
+                        f"{reference.exhibition_ids[outcome.exhibition_public_id]}\t"
+                        f"{reference.rating_ids[outcome.rating_value]}\t"
+                        f"{outcome.at.isoformat()}\t{coordinates}"
+                    )
+                    counts[0] += 1
+                elif isinstance(outcome, RequestEvent):
+                    requests.write(
+                        f"{reference.exhibition_ids[outcome.exhibition_public_id]}\t"
+                        f"{reference.request_ids[outcome.request_value]}\t"
+                        f"{outcome.at.isoformat()}\t{coordinates}"
+                    )
+                    counts[1] += 1
+                else:
+                    rejected.write(_rejected_row(message, outcome, received, coordinates))
+                    counts[2] += 1
+
+            for table, columns, buffer, count in (
+                ("rating_interaction", "exhibition_id, rating_id", ratings, counts[0]),
+                ("request_interaction", "exhibition_id, request_id", requests, counts[1]),
+            ):
+                if count:
+                    buffer.seek(0)
+                    cur.copy_expert(
+                        f"COPY {table} ({columns}, event_at, kafka_topic, kafka_partition,"
+                        " kafka_offset) FROM STDIN",
+                        buffer,
+                    )
+            if counts[2]:
+                rejected.seek(0)
+                cur.copy_expert(
+                    "COPY rejected_message (raw, reason_code, reason, kafka_timestamp,"
+                    " received_at, kafka_topic, kafka_partition, kafka_offset) FROM STDIN",
+                    rejected,
+                )
+            cur.execute(
+                "UPDATE kafka_offset AS o SET next_offset = v.next_offset, updated_at = now()"
+                " FROM unnest(%s::text[], %s::int[], %s::bigint[])"
+                " AS v (kafka_topic, kafka_partition, next_offset)"
+                " WHERE o.kafka_topic = v.kafka_topic AND o.kafka_partition = v.kafka_partition"
+                " AND o.next_offset < v.next_offset",
+                (topics, partitions, [offset + 1 for offset in highest.values()]),
+            )
+        return WriteResult(counts[0], counts[1], counts[2], already_stored)
+
+
+def _rejected_row(
+    message: KafkaMessage, rejection: Rejection, received: str, coordinates: str
+) -> str:
+    raw = "\\N" if message.value is None else "\\\\x" + message.value.hex()
+    kafka_time = (
+        "\\N"
+        if message.timestamp_ms is None
+        else datetime.fromtimestamp(message.timestamp_ms / 1000, UTC).isoformat()
+    )
+    reason = rejection.detail.translate(_COPY_ESCAPES)
+    return f"{raw}\t{rejection.code.value}\t{reason}\t{kafka_time}\t{received}\t{coordinates}"

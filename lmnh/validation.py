@@ -1,0 +1,250 @@
+"""Kiosk message bytes -> a typed event or a rejection with a reason. Pure: no I/O, no logging,
+no clock reads (the caller passes `now`), and it never raises, whatever it is given.
+
+The rules are those of the kiosk feed; the choices it leaves open are made here and listed in
+the README's validation table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from lmnh.events import Outcome, RatingEvent, Reason, Rejection, RequestEvent
+from lmnh.reference import KIOSK_REFERENCE, Reference, public_id_for_site
+
+MUSEUM_CLOCK = ZoneInfo("Europe/London")
+OPENS = time(8, 45, 0)
+CLOSES = time(18, 15, 0)  # inclusive: 18:15:00.000000 is open, 18:15:00.000001 is not
+CLOCK_SKEW = timedelta(seconds=5)
+REQUEST_MARKER = -1  # `val` of a request button press; its kind is in `type`
+
+# Shape first, then parse: `datetime.fromisoformat` accepts far more than the feed's format.
+# [0-9] rather than \d, which would match other scripts' digits.
+_AT_SHAPE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_SITE_SHAPE = re.compile(r"0|[1-9][0-9]{0,5}")
+_UTF8_BOM = b"\xef\xbb\xbf"
+_SHOWN_CHARS = 40
+_offsets: dict[str, tzinfo] = {"Z": UTC}
+
+
+def validate_message(message: object) -> tuple[bool, str]:
+    """The original design's interface: `(True, "")` or `(False, "code: sentence")`.
+
+    Judges against the kiosk feed's reference data and the current time.
+    """
+    outcome = validate(message, KIOSK_REFERENCE, datetime.now(UTC))
+    if isinstance(outcome, Rejection):
+        return False, str(outcome)
+    return True, ""
+
+
+def validate(raw: object, reference: Reference, now: datetime) -> Outcome:
+    """Turn one Kafka value (bytes or str) into a rating, a request or a rejection."""
+    parsed = _parse_json(raw)
+    if isinstance(parsed, Rejection):
+        return parsed
+    if not isinstance(parsed, dict):
+        return Rejection(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {_json_kind(parsed)}")
+
+    for key, reason in (
+        ("at", Reason.MISSING_AT),
+        ("site", Reason.MISSING_SITE),
+        ("val", Reason.MISSING_VAL),
+    ):
+        if key not in parsed:
+            return Rejection(reason, f"the message has no {key!r} key")
+
+    site = parsed["site"]
+    if not (
+        isinstance(site, str)
+        and _SITE_SHAPE.fullmatch(site)
+        and public_id_for_site(site) in reference.exhibition_start
+    ):
+        return Rejection(Reason.INVALID_SITE, f"site {_show(site)} is not a known exhibition")
+    public_id = public_id_for_site(site)
+
+    val = parsed["val"]
+    # type() rather than isinstance(): a JSON `true` is a bool, and bool is an int subclass.
+    if type(val) is not int or (val != REQUEST_MARKER and val not in reference.rating_values):
+        return Rejection(
+            Reason.INVALID_VAL,
+            f"val {_show(val)} is not {REQUEST_MARKER} (a request) or a rating value "
+            f"{_show_values(reference.rating_values)}",
+        )
+
+    kind = parsed.get("type")
+    if val == REQUEST_MARKER:
+        if "type" not in parsed:
+            return Rejection(Reason.MISSING_TYPE, "a request (val -1) has no 'type' key")
+        if type(kind) is not int or kind not in reference.request_values:
+            return Rejection(
+                Reason.INVALID_TYPE,
+                f"type {_show(kind)} is not a request type "
+                f"{_show_values(reference.request_values)}",
+            )
+        return _judge_time(parsed["at"], reference, now, public_id, kind, RequestEvent)
+    elif kind is not None:
+        return Rejection(
+            Reason.INVALID_TYPE, f"a rating (val {val}) cannot carry type {_show(kind)}"
+        )
+
+    return _judge_time(parsed["at"], reference, now, public_id, val, RatingEvent)
+
+
+def _judge_time(
+    raw_at: Any,
+    reference: Reference,
+    now: datetime,
+    public_id: str,
+    value: int,
+    event: type[RatingEvent] | type[RequestEvent],
+) -> Outcome:
+    """Rules 6 to 9: the timestamp's shape, opening hours, the future, the exhibition's start."""
+    parsed = _parse_at(raw_at)
+    if parsed is None:
+        return Rejection(
+            Reason.INVALID_AT,
+            f"at {_show(raw_at)} is not a date-time like 2025-03-11T12:29:17.958630+00:00",
+        )
+    at, local = parsed
+    if not OPENS <= local.time() <= CLOSES:
+        return Rejection(
+            Reason.OUT_OF_HOURS,
+            f"at {_show(raw_at)} is {local.time().isoformat()} in London, outside"
+            f" opening hours {OPENS:%H:%M:%S}-{CLOSES:%H:%M:%S}",
+        )
+    if at > now + CLOCK_SKEW:
+        return Rejection(Reason.FUTURE_AT, f"at {_show(raw_at)} is in the future")
+    opened: date = reference.exhibition_start[public_id]
+    if local.date() < opened:
+        return Rejection(
+            Reason.BEFORE_EXHIBITION_OPENED,
+            f"at {_show(raw_at)} is before {public_id} opened on {opened.isoformat()}",
+        )
+
+    return event(public_id, value, at)
+
+
+def _parse_json(raw: object) -> Any:
+    """Decode strictly (UTF-8, no BOM), then parse one JSON document, or say why not."""
+    if raw is None:
+        return Rejection(Reason.EMPTY, "the message has no value")
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            data = bytes(raw)
+        except ValueError:  # a released memoryview
+            return Rejection(Reason.INVALID_ENCODING, "the message's buffer has been released")
+        if not data:
+            return Rejection(Reason.EMPTY, "the message is empty")
+        if data.startswith(_UTF8_BOM):
+            return Rejection(Reason.INVALID_ENCODING, "the message starts with a byte order mark")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return Rejection(
+                Reason.INVALID_ENCODING,
+                f"byte 0x{data[error.start]:02x} at position {error.start} is not UTF-8",
+            )
+    elif isinstance(raw, str):
+        text = raw
+        if not text:
+            return Rejection(Reason.EMPTY, "the message is empty")
+        if text.startswith("\ufeff"):
+            return Rejection(Reason.INVALID_ENCODING, "the message starts with a byte order mark")
+    else:
+        return Rejection(
+            Reason.INVALID_ENCODING, f"expected bytes or text, got {type(raw).__name__}"
+        )
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        return Rejection(Reason.INVALID_JSON, "the JSON is nested too deeply")
+    except ValueError as error:  # JSONDecodeError, and ints longer than Python will convert
+        return Rejection(Reason.INVALID_JSON, _first_line(str(error)))
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key given twice makes a message ambiguous; `json` would silently keep the last."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {_show(key)}")
+            seen.add(key)
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# Built once: json.loads() with keyword arguments builds a new decoder on every call.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant
+)
+
+
+def _parse_at(value: Any) -> tuple[datetime, datetime] | None:
+    """The instant `value` names, as written and on the museum's clock; None unless it has the
+    feed's shape and exists on both."""
+    if not isinstance(value, str):
+        return None
+    shape = _AT_SHAPE.fullmatch(value)
+    if shape is None:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = shape.groups()
+    zone = _offsets.get(offset)
+    if zone is None:
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            return None
+        sign = -1 if offset[0] == "-" else 1
+        zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        _offsets[offset] = zone
+    micro = int(fraction[:6].ljust(6, "0")) if fraction else 0  # nanoseconds are truncated
+    try:
+        at = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=zone
+        )
+        return at, at.astimezone(MUSEUM_CLOCK)
+    except ValueError:  # 2025-02-30, 24:00:00, second 60
+        return None
+    except OverflowError:  # 0001-01-01T00:00:30Z is still in year 0 on London's clock
+        return None
+
+
+def _show(value: Any) -> str:
+    """The offending value as JSON, short enough for a log line."""
+    try:
+        shown = json.dumps(value, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):
+        shown = type(value).__name__
+    return shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 3] + "..."
+
+
+def _show_values(values: frozenset[int]) -> str:
+    return "(" + ", ".join(str(v) for v in sorted(values)) + ")"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def _first_line(message: str) -> str:
+    return message.splitlines()[0] if message else "not valid JSON"

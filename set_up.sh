@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The main job from a fresh clone: a virtualenv with the pinned requirements, the local stack
+# (or the cluster and database that .env names), the schema, 30 days of simulated history in
+# an empty topic, then the pipeline over everything not yet loaded. Safe to re-run: each step
+# skips what is already done, and the pipeline resumes where the database says it stopped.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python=${PYTHON:-python3}
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python environment (.venv)"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+
+step "Kafka broker and PostgreSQL"
+.venv/bin/python -m stack up
+
+step "Schema and reference data"
+.venv/bin/python -m stack schema
+
+step "30 days of simulated kiosk history (only into an empty topic)"
+.venv/bin/python kiosk_simulator.py --backfill 30 --only-into-empty-topic > /dev/null
+
+step "Pipeline: validate and load every message (invalid ones logged to invalid-messages.log)"
+.venv/bin/python kafka_pipeline.py --from-beginning --logfile invalid-messages.log
+
+cat <<'NEXT'
+
+Done. Next:
+  live traffic:   .venv/bin/python kiosk_simulator.py --rate 20
+  keep loading:   .venv/bin/python kafka_pipeline.py --follow
+  look at it:     psql "postgresql://lmnh:lmnh-local@127.0.0.1:55432/lmnh" -c 'SELECT * FROM rejected_message LIMIT 5'
+  stop the stack: .venv/bin/python -m stack down
+(With DB_HOST or BOOTSTRAP_SERVERS in .env, your own database and cluster were used instead.)
+NEXT

@@ -1,0 +1,56 @@
+"""Fixtures against the real local stack: a fresh database and a fresh topic per test.
+
+The stack is started by `python -m stack up` (CI does it first; this does it too when a
+developer runs pytest alone). Tests never share a topic or a database.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from psycopg2 import sql
+
+from lmnh.config import Settings, load_config
+from lmnh.database import apply_schema, connect
+from lmnh.kafka_admin import delete_topic, ensure_topic
+from tests.integration.support import NO_ENV_FILE, PYTHON, ROOT, Target, clean_env
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """The local stack's settings, whatever the developer's own .env says."""
+    subprocess.run(
+        [PYTHON, "-m", "stack", "up", "--env-file", NO_ENV_FILE],
+        cwd=ROOT,
+        check=True,
+        env=clean_env(),
+    )
+    return load_config({})
+
+
+@pytest.fixture
+def target(settings: Settings) -> Iterator[Target]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = connect(settings.database)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    database = replace(settings.database, name=name)
+    conn = connect(database)
+    apply_schema(conn)
+    conn.close()
+    ensure_topic(settings.kafka, name, settings.topic_partitions)
+    env = {**clean_env(), "DB_NAME": name}
+    try:
+        yield Target(replace(settings, database=database), name, env)
+    finally:
+        delete_topic(settings.kafka, name)
+        with admin.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        admin.close()

@@ -1,0 +1,109 @@
+"""Simulator -> real broker -> kafka_pipeline.py -> real PostgreSQL, checked against the
+simulator's own report of what the broker acknowledged."""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.support import (
+    HISTORY_UNTIL,
+    ROOT,
+    Target,
+    assert_exactly_once,
+    stored_coordinates,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def history(target: Target, count: int, seed: int) -> dict[str, object]:
+    return target.simulate(
+        "--count", str(count), "--seed", str(seed), "--backfill", "60", "--until", HISTORY_UNTIL
+    )
+
+
+def consumed(summary: str) -> int:
+    match = re.search(r"consumed (\d+)", summary)
+    assert match, summary
+    return int(match.group(1))
+
+
+def loaded(target: Target) -> int:
+    rows = target.query("SELECT coalesce(sum(next_offset), 0) FROM kafka_offset")
+    return int(rows[0][0])
+
+
+def test_seeded_run_matches_the_simulator_report_exactly(target: Target) -> None:
+    report = history(target, 50_000, seed=1)
+    result = target.pipeline()
+    assert consumed(result.stdout) == 50_000
+    assert_exactly_once(target, report)
+
+
+def test_kill_9_at_random_moments_loses_and_doubles_nothing(target: Target) -> None:
+    report = history(target, 60_000, seed=2)
+    rng = random.Random()
+    for _ in range(3):
+        before = loaded(target)
+        process = subprocess.Popen(
+            target.pipeline_command("--batch-size", "200"),
+            cwd=ROOT,
+            env=dict(target.env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while loaded(target) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.4))
+        process.kill()
+        process.wait()
+        after = loaded(target)
+        assert before < after < report["sent"], "the kill did not land mid-run"
+    target.pipeline()
+    assert_exactly_once(target, report)
+
+
+def test_two_processes_in_one_group_store_each_message_once(target: Target) -> None:
+    command = target.pipeline_command("--group-id", f"{target.topic}-group", "--idle-timeout", "8")
+    processes = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=dict(target.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    time.sleep(5)  # both have joined the group and share the six partitions
+    report = history(target, 30_000, seed=3)
+    outputs = [process.communicate(timeout=120) for process in processes]
+    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-2000:]
+        assert consumed(stdout) > 0, "one process got no partition"
+    assert sum(consumed(stdout) for stdout, _ in outputs) == report["sent"]
+    assert_exactly_once(target, report)
+
+
+def test_limit_stops_after_exactly_n_and_the_next_run_continues(target: Target) -> None:
+    report = history(target, 1_000, seed=4)
+    for run_number in (1, 2):
+        result = target.pipeline("--limit", "300")
+        assert consumed(result.stdout) == 300
+        coordinates = stored_coordinates(target)
+        assert len(coordinates) == len(set(coordinates)) == 300 * run_number
+        # Each partition holds a gap-free prefix: the run went on from where the last stopped.
+        by_partition: dict[int, list[int]] = {}
+        for partition, offset in coordinates:
+            by_partition.setdefault(partition, []).append(offset)
+        for offsets in by_partition.values():
+            assert sorted(offsets) == list(range(len(offsets)))
+    target.pipeline()
+    assert_exactly_once(target, report)

@@ -1,0 +1,108 @@
+"""kafka_pipeline.py's failures: one clear line, a documented exit code, no traceback, no secret."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg2 import sql
+
+from lmnh.config import LOCAL_KAFKA_SASL, LOCAL_KAFKA_SASL_PASSWORD, LOCAL_KAFKA_SASL_USER
+from lmnh.database import connect
+from lmnh.errors import ExitCode
+from tests.integration.support import HISTORY_UNTIL, Target, assert_exactly_once, run
+
+pytestmark = pytest.mark.integration
+
+WRONG_PASSWORD = "not-the-password-0451"  # noqa: S105 - a deliberately wrong test value
+
+
+def fails(target: Target, env: dict[str, str], *args: str) -> str:
+    result = run(target.pipeline_command(*args), {**target.env, **env}, timeout=120)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert result.returncode != 0
+    return f"{result.returncode}|{output}"
+
+
+def exit_code(failure: str) -> int:
+    return int(failure.split("|", 1)[0])
+
+
+def test_unreachable_broker(target: Target) -> None:
+    failure = fails(target, {"BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert exit_code(failure) == ExitCode.BROKER_UNREACHABLE
+    assert "unreachable" in failure
+
+
+def test_wrong_sasl_password_is_an_authentication_error_that_never_shows_the_password(
+    target: Target,
+) -> None:
+    env = {
+        "BOOTSTRAP_SERVERS": LOCAL_KAFKA_SASL,
+        "SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SASL_MECHANISM": "PLAIN",
+        "SASL_USERNAME": LOCAL_KAFKA_SASL_USER,
+        "SASL_PASSWORD": WRONG_PASSWORD,
+    }
+    failure = fails(target, env)
+    assert exit_code(failure) == ExitCode.AUTHENTICATION
+    assert "rejected the SASL credentials" in failure
+    assert WRONG_PASSWORD not in failure
+
+
+def test_the_right_sasl_password_loads_everything(target: Target) -> None:
+    report = target.simulate(
+        "--count", "500", "--seed", "5", "--backfill", "3", "--until", HISTORY_UNTIL
+    )
+    env = {
+        "BOOTSTRAP_SERVERS": LOCAL_KAFKA_SASL,
+        "SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SASL_USERNAME": LOCAL_KAFKA_SASL_USER,
+        "SASL_PASSWORD": LOCAL_KAFKA_SASL_PASSWORD,
+    }
+    result = run(target.pipeline_command(), {**target.env, **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert LOCAL_KAFKA_SASL_PASSWORD not in result.stdout + result.stderr
+    assert_exactly_once(target, report)
+
+
+def test_unreachable_database(target: Target) -> None:
+    failure = fails(target, {"DB_PORT": "1"})
+    assert exit_code(failure) == ExitCode.DATABASE_UNREACHABLE
+    assert "database unreachable" in failure
+
+
+def test_wrong_database_password(target: Target) -> None:
+    failure = fails(target, {"DB_PASSWORD": WRONG_PASSWORD})
+    assert exit_code(failure) == ExitCode.DATABASE_UNREACHABLE
+    assert "refused the login" in failure
+    assert WRONG_PASSWORD not in failure
+
+
+def test_missing_schema(target: Target) -> None:
+    bare = f"{target.topic}_bare"
+    admin = connect(target.settings.database)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(bare)))
+    try:
+        failure = fails(target, {"DB_NAME": bare})
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(bare)))
+        admin.close()
+    assert exit_code(failure) == ExitCode.SCHEMA_MISSING
+    assert "schema missing" in failure
+
+
+def test_missing_topic(target: Target) -> None:
+    result = run([*target.pipeline_command(), "--topic", f"{target.topic}-absent"], target.env)
+    assert result.returncode == ExitCode.TOPIC_MISSING
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_configuration_problems_are_listed_together(target: Target) -> None:
+    failure = fails(target, {"SECURITY_PROTOCOL": "CARRIER_PIGEON", "DB_PORT": "eighty"})
+    assert exit_code(failure) == ExitCode.CONFIG
+    assert "SECURITY_PROTOCOL" in failure
+    assert "DB_PORT" in failure

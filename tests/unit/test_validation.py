@@ -1,0 +1,349 @@
+"""The kiosk message validator: golden messages, one file per edge case, and properties.
+
+Each file under tests/data/messages is a Kafka value byte for byte. expected.csv says what
+`validate` makes of it at NOW against the kiosk reference: `valid`, or the reason code plus a
+piece of text that the reason's sentence must contain (the offending value, or what is wrong).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmnh.events import Outcome, RatingEvent, Reason, Rejection, RequestEvent
+from lmnh.reference import KIOSK_REFERENCE, Reference
+from lmnh.validation import validate, validate_message
+
+MESSAGES = Path(__file__).parent.parent / "data" / "messages"
+INDEX = MESSAGES / "expected.csv"
+NOW = datetime(2026, 3, 2, 12, 0, 0, tzinfo=UTC)  # the future_* files are dated around it
+LONDON = ZoneInfo("Europe/London")
+EXAMPLE_RATING = {"at": "2025-03-11T12:29:17.958630+00:00", "site": "5", "val": 3}
+EXAMPLE_REQUEST = {"at": "2024-10-21T09:22:29.261334+01:00", "site": "3", "val": -1, "type": 0}
+PROPERTY = settings(database=None)  # pure tests: no example database written to disk
+
+
+@dataclass(frozen=True)
+class Golden:
+    file: str
+    code: str  # a Reason value, or "valid"
+    detail_mentions: str
+
+    @property
+    def raw(self) -> bytes:
+        return (MESSAGES / self.file).read_bytes()
+
+
+def _load_index() -> list[Golden]:
+    with INDEX.open(newline="", encoding="utf-8") as index:
+        return [
+            Golden(row["file"], row["code"], row["detail_mentions"])
+            for row in csv.DictReader(index)
+        ]
+
+
+def _params(goldens: list[Golden]) -> list[Any]:
+    return [pytest.param(golden, id=golden.file) for golden in goldens]
+
+
+def _code(outcome: Outcome) -> str:
+    return outcome.code.value if isinstance(outcome, Rejection) else "valid"
+
+
+def _utf8_or_none(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+GOLDEN = _load_index()
+VALID = [golden for golden in GOLDEN if golden.code == "valid"]
+# Outcomes that do not depend on the clock, so validate_message (which reads it) must agree.
+CLOCK_FREE = [
+    golden for golden in GOLDEN if not golden.file.startswith(("future_", "order_future"))
+]
+DECODABLE = [golden for golden in GOLDEN if _utf8_or_none(golden.raw) is not None]
+
+
+# --- the golden files --------------------------------------------------------------------------
+
+
+def test_index_and_directory_agree() -> None:
+    on_disk = {
+        path.name for path in MESSAGES.iterdir() if not path.name.startswith(".") and path != INDEX
+    }
+    listed = [golden.file for golden in GOLDEN]
+    assert len(listed) == len(set(listed)), "a file is listed twice"
+    assert set(listed) == on_disk
+
+
+def test_index_covers_every_reason_and_names_what_each_sentence_must_mention() -> None:
+    assert {golden.code for golden in GOLDEN} == {reason.value for reason in Reason} | {"valid"}
+    assert [g.file for g in GOLDEN if g.code != "valid" and not g.detail_mentions] == []
+
+
+@pytest.mark.parametrize("golden", _params(GOLDEN))
+def test_golden_message(golden: Golden) -> None:
+    outcome = validate(golden.raw, KIOSK_REFERENCE, NOW)
+    assert _code(outcome) == golden.code, str(outcome)
+    if isinstance(outcome, Rejection):
+        assert golden.detail_mentions in outcome.detail
+        assert str(outcome) == f"{golden.code}: {outcome.detail}"
+
+
+@pytest.mark.parametrize("golden", _params(VALID))
+def test_valid_golden_message_becomes_an_event_with_its_fields(golden: Golden) -> None:
+    fields = json.loads(golden.raw)
+    _assert_obeys_the_kiosk_rules(fields)
+    assert validate(golden.raw, KIOSK_REFERENCE, NOW) == _expected_event(fields)
+
+
+@pytest.mark.parametrize("golden", _params(DECODABLE))
+def test_text_and_bytes_give_the_same_outcome(golden: Golden) -> None:
+    text = golden.raw.decode("utf-8")
+    assert validate(text, KIOSK_REFERENCE, NOW) == validate(golden.raw, KIOSK_REFERENCE, NOW)
+
+
+def test_fraction_digits_beyond_microseconds_are_truncated() -> None:
+    message = json.dumps({**EXAMPLE_RATING, "at": "2025-03-11T12:29:17.958630999+00:00"})
+    event = validate(message, KIOSK_REFERENCE, NOW)
+    assert isinstance(event, RatingEvent)
+    assert event.at == datetime(2025, 3, 11, 12, 29, 17, 958630, tzinfo=UTC)
+
+
+# --- the kept interface: validate_message ------------------------------------------------------
+
+
+@pytest.mark.parametrize("golden", _params(CLOCK_FREE))
+def test_validate_message_reports_the_code_first(golden: Golden) -> None:
+    expected = validate(golden.raw, KIOSK_REFERENCE, NOW)
+    inputs: list[object] = [golden.raw, bytearray(golden.raw), memoryview(golden.raw)]
+    if (text := _utf8_or_none(golden.raw)) is not None:
+        inputs.append(text)
+    for message in inputs:
+        ok, reason = validate_message(message)
+        if golden.code == "valid":
+            assert (ok, reason) == (True, "")
+        else:
+            assert (ok, reason) == (False, str(expected))
+            assert reason.startswith(f"{golden.code}: ")
+
+
+_RELEASED = memoryview(json.dumps(EXAMPLE_RATING).encode())
+_RELEASED.release()
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        pytest.param(None, "empty", id="None"),
+        pytest.param(b"", "empty", id="empty-bytes"),
+        pytest.param("", "empty", id="empty-str"),
+        pytest.param(bytearray(), "empty", id="empty-bytearray"),
+        pytest.param(memoryview(b""), "empty", id="empty-memoryview"),
+        pytest.param(42, "invalid_encoding", id="int"),
+        pytest.param(3.5, "invalid_encoding", id="float"),
+        pytest.param(True, "invalid_encoding", id="bool"),
+        pytest.param(EXAMPLE_RATING, "invalid_encoding", id="dict"),
+        pytest.param([json.dumps(EXAMPLE_RATING)], "invalid_encoding", id="list"),
+        pytest.param(object(), "invalid_encoding", id="object"),
+        pytest.param(_RELEASED, "invalid_encoding", id="released-memoryview"),
+        pytest.param("\ufeff" + json.dumps(EXAMPLE_RATING), "invalid_encoding", id="str-with-bom"),
+        pytest.param("\ud800", "invalid_json", id="lone-surrogate-str"),
+        pytest.param(json.dumps(EXAMPLE_RATING).encode(), "valid", id="bytes"),
+        pytest.param(json.dumps(EXAMPLE_RATING), "valid", id="str"),
+        pytest.param(bytearray(json.dumps(EXAMPLE_RATING).encode()), "valid", id="bytearray"),
+        pytest.param(memoryview(json.dumps(EXAMPLE_RATING).encode()), "valid", id="memoryview"),
+    ],
+)
+def test_validate_message_never_raises(message: object, code: str) -> None:
+    ok, reason = validate_message(message)
+    if code == "valid":
+        assert (ok, reason) == (True, "")
+    else:
+        assert ok is False
+        assert reason.startswith(f"{code}: ")
+
+
+# --- the reference is data ---------------------------------------------------------------------
+
+WITH_EXH_06 = Reference(
+    exhibition_start={**KIOSK_REFERENCE.exhibition_start, "EXH_06": date(2024, 6, 1)},
+    rating_values=frozenset(range(6)),
+    request_values=KIOSK_REFERENCE.request_values,
+)
+ONLY_EXH_10 = Reference(
+    exhibition_start={"EXH_10": date(2020, 1, 1)},
+    rating_values=frozenset({0, 1}),
+    request_values=frozenset({0, 1, 2}),
+)
+
+
+@pytest.mark.parametrize(
+    ("reference", "changes", "code"),
+    [
+        (KIOSK_REFERENCE, {"site": "6"}, "invalid_site"),
+        (KIOSK_REFERENCE, {"val": 5}, "invalid_val"),
+        (WITH_EXH_06, {"site": "6"}, "valid"),
+        (WITH_EXH_06, {"val": 5}, "valid"),
+        (WITH_EXH_06, {"site": "6", "val": 5}, "valid"),
+        (WITH_EXH_06, {"site": "06"}, "invalid_site"),
+        (WITH_EXH_06, {"val": 6}, "invalid_val"),
+        (WITH_EXH_06, {"site": "6", "at": "2024-05-31T12:00:00+01:00"}, "before_exhibition_opened"),
+        (WITH_EXH_06, {"site": "6", "at": "2024-06-01T08:45:00+01:00"}, "valid"),
+        (ONLY_EXH_10, {"site": "10", "val": 1}, "valid"),
+        (ONLY_EXH_10, {"site": "5", "val": 1}, "invalid_site"),
+        (ONLY_EXH_10, {"site": "10", "val": 2}, "invalid_val"),
+        (ONLY_EXH_10, {"site": "10", "val": -1, "type": 2}, "valid"),
+        (ONLY_EXH_10, {"site": "10", "val": -1, "type": 3}, "invalid_type"),
+    ],
+)
+def test_validation_follows_the_reference(
+    reference: Reference, changes: dict[str, Any], code: str
+) -> None:
+    fields = {**EXAMPLE_RATING, **changes}
+    outcome = validate(json.dumps(fields), reference, NOW)
+    assert _code(outcome) == code, str(outcome)
+    if code == "valid":
+        assert outcome == _expected_event(fields)
+
+
+# --- properties --------------------------------------------------------------------------------
+
+
+def _assert_well_formed(outcome: object) -> None:
+    assert isinstance(outcome, RatingEvent | RequestEvent | Rejection)
+    if isinstance(outcome, Rejection):
+        assert isinstance(outcome.code, Reason)
+        assert str(outcome).startswith(f"{outcome.code.value}: ")
+        assert outcome.detail
+
+
+@PROPERTY
+@given(st.binary(max_size=300))
+def test_any_bytes_give_an_outcome(raw: bytes) -> None:
+    _assert_well_formed(validate(raw, KIOSK_REFERENCE, NOW))
+
+
+@PROPERTY
+@given(st.text(max_size=300))
+def test_any_text_gives_an_outcome(text: str) -> None:
+    _assert_well_formed(validate(text, KIOSK_REFERENCE, NOW))
+
+
+KEYS = st.sampled_from(["at", "site", "val", "type", "AT", "Site", "extra"]) | st.text(max_size=5)
+# Values from the live feed's error mix and the pitfalls of other implementations.
+AWKWARD = (
+    st.sampled_from([None, True, False, 0, 1, -1, 2, 5, 3.0, -1.0, 10**100, float("inf")])
+    # "05", " 5", Arabic-Indic five, fullwidth five, superscript three: int() or isdigit() bait
+    | st.sampled_from(["0", "3", "-1", "05", " 5", "\u0665", "\uff15", "\u00b3", "ERR", "INF"])
+    | st.sampled_from(["None", "", "2025-03-11 12:29:17+00:00", "2025-03-11T12:29:17"])
+    | st.sampled_from(["2025-07-15T07:50:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-23:59"])
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | AWKWARD,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=4),
+    max_leaves=12,
+)
+
+
+@PROPERTY
+@given(st.dictionaries(KEYS, JSON_VALUES, max_size=6))
+def test_any_json_object_gives_a_consistent_outcome(fields: dict[str, Any]) -> None:
+    text = json.dumps(fields)  # NaN and Infinity come out as literals: invalid_json
+    outcome = validate(text.encode(), KIOSK_REFERENCE, NOW)
+    _assert_well_formed(outcome)
+    assert validate(text, KIOSK_REFERENCE, NOW) == outcome
+    if not isinstance(outcome, Rejection):
+        _assert_obeys_the_kiosk_rules(fields)
+        assert outcome == _expected_event(fields)
+
+
+@st.composite
+def _mutated_messages(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid message with some of its keys dropped, replaced, or added."""
+    fields: dict[str, Any] = dict(draw(st.sampled_from([EXAMPLE_RATING, EXAMPLE_REQUEST])))
+    for key in draw(st.lists(KEYS, max_size=4)):
+        if draw(st.booleans()):
+            fields.pop(key, None)
+        else:
+            fields[key] = draw(AWKWARD | JSON_VALUES)
+    return fields
+
+
+@PROPERTY
+@given(_mutated_messages())
+def test_mutated_messages_give_a_consistent_outcome(fields: dict[str, Any]) -> None:
+    outcome = validate(json.dumps(fields).encode(), KIOSK_REFERENCE, NOW)
+    _assert_well_formed(outcome)
+    if not isinstance(outcome, Rejection):
+        _assert_obeys_the_kiosk_rules(fields)
+        assert outcome == _expected_event(fields)
+
+
+@st.composite
+def _valid_messages(draw: st.DrawFn) -> dict[str, Any]:
+    """A message as the kiosks send it, dated in opening hours after its exhibition opened,
+    with London's offset, or in UTC (`+00:00` or `Z`)."""
+    site = draw(st.sampled_from("012345"))
+    opened = KIOSK_REFERENCE.exhibition_start[f"EXH_0{site}"]
+    day = draw(st.dates(min_value=opened, max_value=NOW.date() - timedelta(days=1)))
+    clock = draw(st.times(min_value=time(8, 45), max_value=time(18, 15)))
+    at = datetime.combine(day, clock, tzinfo=LONDON)
+    in_utc = at.astimezone(UTC).isoformat()
+    written = draw(st.sampled_from([at.isoformat(), in_utc, in_utc.replace("+00:00", "Z")]))
+    fields: dict[str, Any] = {"at": written, "site": site}
+    if draw(st.booleans()):
+        fields.update(val=-1, type=draw(st.sampled_from([0, 1])))
+    else:
+        fields["val"] = draw(st.integers(min_value=0, max_value=4))
+        if draw(st.booleans()):
+            fields["type"] = None
+    return fields
+
+
+@PROPERTY
+@given(_valid_messages())
+def test_valid_message_fields_round_trip(fields: dict[str, Any]) -> None:
+    event = validate(json.dumps(fields).encode(), KIOSK_REFERENCE, NOW)
+    assert event == _expected_event(fields)
+    assert not isinstance(event, Rejection)
+    assert event.at.utcoffset() == datetime.fromisoformat(fields["at"]).utcoffset()
+
+
+def _expected_event(fields: dict[str, Any]) -> RatingEvent | RequestEvent:
+    """The event a valid message must become, computed without the validator's helpers."""
+    public_id = f"EXH_{int(fields['site']):02d}"
+    at = datetime.fromisoformat(fields["at"])  # 3.11 also truncates beyond microseconds
+    if fields["val"] == -1:
+        return RequestEvent(public_id, fields["type"], at)
+    return RatingEvent(public_id, fields["val"], at)
+
+
+def _assert_obeys_the_kiosk_rules(fields: dict[str, Any]) -> None:
+    """The feed's rules restated plainly, to check what the validator accepts (`==` alone
+    would let `true` pass for 1 and `3.0` for 3)."""
+    assert fields["site"] in {"0", "1", "2", "3", "4", "5"}
+    assert type(fields["val"]) is int
+    assert -1 <= fields["val"] <= 4
+    if fields["val"] == -1:
+        assert type(fields["type"]) is int
+        assert fields["type"] in {0, 1}
+    else:
+        assert fields.get("type") is None
+    at = datetime.fromisoformat(fields["at"])
+    assert at.tzinfo is not None
+    london = at.astimezone(LONDON)
+    assert time(8, 45) <= london.time() <= time(18, 15)
+    assert at <= NOW + timedelta(seconds=5)
+    assert london.date() >= KIOSK_REFERENCE.exhibition_start[f"EXH_0{fields['site']}"]
