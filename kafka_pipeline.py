@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
-from lmnh.config import load_config, read_environment
-from lmnh.errors import ConfigError, ExitCode, FatalError, TransientError
+from lmnh.cli import load_settings, positive_int, stop_on_signals
+from lmnh.errors import ExitCode, FatalError, TransientError
 from lmnh.events import KafkaMessage, Rejection
 from lmnh.kafka_source import KafkaSource
 from lmnh.pipeline import Pipeline, RunOptions
@@ -47,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     stopping = parser.add_mutually_exclusive_group()
     stopping.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         help=f"stop after exactly this many messages (default: {DEFAULT_LIMIT})",
     )
     stopping.add_argument(
@@ -66,11 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "database has loaded before always resume where it stopped)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=5000, help="messages per transaction"
+        "--batch-size", type=positive_int, default=5000, help="messages per transaction"
     )
     parser.add_argument(
         "--batch-timeout-ms",
-        type=_positive_int,
+        type=positive_int,
         default=500,
         help="store a partial batch once its first message is this old (default: 500)",
     )
@@ -88,15 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _configure_logging(args.logfile)
-    try:
-        settings = load_config(read_environment(args.env_file))
-    except ConfigError as error:
-        for problem in error.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
-        return ExitCode.CONFIG
+    settings = load_settings(args.env_file)
 
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop, log, "stopping after the batch in hand")
     options = RunOptions(
         limit=None if args.follow else (args.limit or DEFAULT_LIMIT),
         batch_size=args.batch_size,
@@ -159,26 +152,6 @@ def _log_rejected(message: KafkaMessage, rejection: Rejection) -> None:
         shown,
         more,
     )
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: finish the batch in hand, commit, exit. Second: abandon it."""
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.warning("%s: stopping after the batch in hand", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
-    return value
 
 
 if __name__ == "__main__":

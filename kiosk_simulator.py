@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import secrets
-import signal
 import sys
 import threading
 import time
@@ -21,15 +20,14 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from types import FrameType
 
-from lmnh.config import KafkaSettings, load_config, read_environment
-from lmnh.errors import ConfigError, ExitCode, FatalError
+from lmnh.cli import load_settings, positive_int, stop_on_signals
+from lmnh.config import KafkaSettings
+from lmnh.errors import ExitCode, FatalError
 from lmnh.kafka_admin import topic_message_count, topic_partition_counts, wait_until_ready
 from lmnh.kafka_producer import AckedProducer, client_log
 from lmnh.simulator import (
     DEFAULT_INVALID_SHARE,
-    LONDON,
     LiveFeed,
     SimulatedMessage,
     Tally,
@@ -37,6 +35,7 @@ from lmnh.simulator import (
     Truth,
     backfill,
 )
+from lmnh.validation import MUSEUM_CLOCK as LONDON
 
 READY_TIMEOUT_S = 15.0
 FLUSH_TIMEOUT_S = 30.0
@@ -76,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--count",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="total messages (default: with --backfill a realistic day's worth, about 1,500 "
         "valid interactions per weekday; with --rate until stopped)",
@@ -121,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.until is not None and args.backfill is None:
         parser.error("--until goes with --backfill")
     _configure_logging()
-    try:
-        settings = load_config(read_environment(args.env_file))
-    except ConfigError as error:
-        for problem in error.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
-        return ExitCode.CONFIG
+    settings = load_settings(args.env_file)
 
     seed: int = args.seed if args.seed is not None else secrets.randbits(32)
     mix = TrafficMix(invalid_share=args.invalid_share)
@@ -159,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
 
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop, log, "stopping; waiting for the broker's acks")
     started = time.monotonic()
     if history is not None:
         exit_code = _send_and_flush(producer, partial(_send_history, producer, history, stop))
@@ -272,26 +266,6 @@ def _summary(report: dict[str, object], tally: Tally, producer: AckedProducer[Tr
     if producer.first_failure is None:
         return line
     return f"{line}; first failure: {producer.first_failure}"
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: stop sending, flush, report. Second: stop waiting for acks."""
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.warning("%s: stopping; waiting for the broker's acks", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
-    return value
 
 
 def _positive_float(text: str) -> float:

@@ -63,6 +63,7 @@ class KafkaSource:
                 "heartbeat.interval.ms": 3000,
                 # Bounds librdkafka's prefetch queue, and so the process's memory.
                 "queued.max.messages.kbytes": queue_kbytes,
+                "queued.min.messages": 10000,
                 "error_cb": self._on_error,
                 "logger": log,  # librdkafka's own lines, through logging rather than raw stderr
             }

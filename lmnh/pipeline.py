@@ -63,28 +63,31 @@ class RunStats:
     already_stored: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
+    # From the first batch's arrival to the last one's commit: the rate excludes idle waiting.
+    first_batch_at: float | None = None
+    last_commit_at: float | None = None
 
-    @property
-    def seconds(self) -> float:
-        return time.monotonic() - self.started
-
-    def add(self, result: WriteResult, outcomes: Sequence[Outcome], consumed: int) -> None:
+    def add(self, result: WriteResult, consumed: int, arrived_at: float) -> None:
         self.consumed += consumed
         self.ratings += result.ratings
         self.requests += result.requests
         self.already_stored += result.already_stored
-        self.rejected.update(o.code.value for o in outcomes if isinstance(o, Rejection))
+        self.rejected.update(result.rejected)
+        if self.first_batch_at is None:
+            self.first_batch_at = arrived_at
+        self.last_commit_at = time.monotonic()
 
     def summary(self) -> str:
-        seconds = self.seconds
-        rate = self.consumed / seconds if seconds > 0 else 0.0
+        seconds = time.monotonic() - self.started
+        busy = (self.last_commit_at or 0.0) - (self.first_batch_at or 0.0)
+        rate = self.consumed / busy if busy > 0 else 0.0
         rejected = ", ".join(f"{code} {n}" for code, n in self.rejected.most_common() if n)
         replayed = f", already stored {self.already_stored}" if self.already_stored else ""
         return (
             f"consumed {self.consumed}, stored {self.ratings + self.requests}"
             f" (ratings {self.ratings}, requests {self.requests}),"
             f" rejected {sum(self.rejected.values())}{' (' + rejected + ')' if rejected else ''}"
-            f"{replayed}, {seconds:.1f} s, {rate:.0f} msg/s"
+            f"{replayed}, {seconds:.1f} s, {rate:.0f} msg/s while loading"
         )
 
 
@@ -135,7 +138,7 @@ class Pipeline:
             if messages:
                 last_message = now
                 # A stop during the fetch still stores what was fetched: never half a batch.
-                self._load(source, messages, stats)
+                stats.add(self._load(source, messages), len(messages), now)
             elif self._idle(source, last_message, now):
                 log.info("no message for %.0f s: caught up", options.idle_timeout_s)
                 break
@@ -151,7 +154,7 @@ class Pipeline:
             return False
         return now - max(last_message, source.rebalanced_at) >= timeout
 
-    def _load(self, source: MessageSource, messages: list[KafkaMessage], stats: RunStats) -> None:
+    def _load(self, source: MessageSource, messages: list[KafkaMessage]) -> WriteResult:
         """Validate, store in one transaction, then commit the offsets to Kafka."""
         received_at = datetime.now(UTC)
         outcomes = self._validate(messages, received_at)
@@ -160,10 +163,10 @@ class Pipeline:
             lambda: self._store.write_batch(messages, outcomes, reference, received_at)
         )
         source.commit(messages)
-        stats.add(result, outcomes, len(messages))
         for message, outcome in zip(messages, outcomes, strict=True):
             if isinstance(outcome, Rejection):
                 self._on_rejected(message, outcome)
+        return result
 
     def _validate(self, messages: list[KafkaMessage], now: datetime) -> list[Outcome]:
         reference = self._current_reference()

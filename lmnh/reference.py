@@ -24,6 +24,13 @@ class Reference:
     exhibition_ids: Mapping[str, int] = field(default_factory=dict)
     rating_ids: Mapping[int, int] = field(default_factory=dict)
     request_ids: Mapping[int, int] = field(default_factory=dict)
+    # Kiosk site string -> public id, for the known exhibitions only: one dict look-up judges
+    # a site ("05", " 5" and 5 are simply absent).
+    sites: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sites = {str(int(public_id[4:])): public_id for public_id in self.exhibition_start}
+        object.__setattr__(self, "sites", sites)
 
 
 def public_id_for_site(site: str) -> str:

@@ -19,14 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import accumulate
 from typing import TypeVar
-from zoneinfo import ZoneInfo
 
 from lmnh.events import RatingEvent, Reason, RequestEvent
 from lmnh.reference import KIOSK_REFERENCE, Reference, public_id_for_site
-
-LONDON = ZoneInfo("Europe/London")
-OPENS = time(8, 45)
-CLOSES = time(18, 15)  # inclusive: 18:15:00.000000 is still open
+from lmnh.validation import CLOSES, OPENS
+from lmnh.validation import MUSEUM_CLOCK as LONDON
 
 Truth = RatingEvent | RequestEvent | Reason
 T = TypeVar("T")

@@ -9,6 +9,7 @@ lands once, in a fact table or in `rejected_message`, whichever process loads it
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 class WriteResult:
     ratings: int
     requests: int
-    rejected: int
+    rejected: Counter[str]  # by reason code
     already_stored: int  # replayed messages skipped because an earlier run stored them
 
 
@@ -124,7 +125,8 @@ class Store:
             next_offset = {(topic, partition): offset for topic, partition, offset in cur}
 
             ratings, requests, rejected = io.StringIO(), io.StringIO(), io.StringIO()
-            counts = [0, 0, 0]
+            counts = [0, 0]
+            rejected_codes: Counter[str] = Counter()
             already_stored = 0
             received = received_at.isoformat()
             for message, outcome in zip(messages, outcomes, strict=True):
@@ -148,7 +150,7 @@ class Store:
                     counts[1] += 1
                 else:
                     rejected.write(_rejected_row(message, outcome, received, coordinates))
-                    counts[2] += 1
+                    rejected_codes[outcome.code.value] += 1
 
             for table, columns, buffer, count in (
                 ("rating_interaction", "exhibition_id, rating_id", ratings, counts[0]),
@@ -161,7 +163,7 @@ class Store:
                         " kafka_offset) FROM STDIN",
                         buffer,
                     )
-            if counts[2]:
+            if rejected_codes:
                 rejected.seek(0)
                 cur.copy_expert(
                     "COPY rejected_message (raw, reason_code, reason, kafka_timestamp,"
@@ -176,7 +178,7 @@ class Store:
                 " AND o.next_offset < v.next_offset",
                 (topics, partitions, [offset + 1 for offset in highest.values()]),
             )
-        return WriteResult(counts[0], counts[1], counts[2], already_stored)
+        return WriteResult(counts[0], counts[1], rejected_codes, already_stored)
 
 
 def _rejected_row(

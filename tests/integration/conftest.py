@@ -17,7 +17,7 @@ from psycopg2 import sql
 from lmnh.config import Settings, load_config
 from lmnh.database import apply_schema, connect
 from lmnh.kafka_admin import delete_topic, ensure_topic
-from tests.integration.support import NO_ENV_FILE, PYTHON, ROOT, Target, clean_env
+from tests.integration.support import NO_ENV_FILE, PYTHON, ROOT, Target, admin, clean_env
 
 
 @pytest.fixture(scope="session")
@@ -35,22 +35,15 @@ def settings() -> Settings:
 @pytest.fixture
 def target(settings: Settings) -> Iterator[Target]:
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin = connect(settings.database)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    admin(settings, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     database = replace(settings.database, name=name)
     conn = connect(database)
     apply_schema(conn)
     conn.close()
     ensure_topic(settings.kafka, name, settings.topic_partitions)
-    env = {**clean_env(), "DB_NAME": name}
     try:
-        yield Target(replace(settings, database=database), name, env)
+        yield Target(replace(settings, database=database), name, {**clean_env(), "DB_NAME": name})
     finally:
         delete_topic(settings.kafka, name)
-        with admin.cursor() as cur:
-            cur.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        admin.close()
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        admin(settings, drop)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import subprocess
 import time
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
+from lmnh.kafka_admin import client_config
 from tests.integration.support import (
     HISTORY_UNTIL,
     ROOT,
@@ -107,3 +110,41 @@ def test_limit_stops_after_exactly_n_and_the_next_run_continues(target: Target) 
             assert sorted(offsets) == list(range(len(offsets)))
     target.pipeline()
     assert_exactly_once(target, report)
+
+
+def test_sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly(target: Target) -> None:
+    report = history(target, 60_000, seed=6)
+    group = f"{target.topic}-group"
+    process = subprocess.Popen(
+        target.pipeline_command("--follow", "--group-id", group, "--batch-size", "500"),
+        cwd=ROOT,
+        env=dict(target.env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while loaded(target) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr[-2000:]
+    stored = loaded(target)
+    assert 0 < stored < report["sent"], "the stop did not land mid-run"
+    assert consumed(stdout) == stored == len(stored_coordinates(target))
+    # What is stored is exactly what the group committed to Kafka.
+    assert committed_offsets(target, group) == dict(
+        target.query("SELECT kafka_partition, next_offset FROM kafka_offset")
+    )
+    target.pipeline("--group-id", group)
+    assert_exactly_once(target, report)
+
+
+def committed_offsets(target: Target, group: str) -> dict[int, int]:
+    consumer = Consumer({**client_config(target.settings.kafka), "group.id": group})
+    try:
+        partitions = [TopicPartition(target.topic, p) for p in range(6)]
+        committed = consumer.committed(partitions, timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}

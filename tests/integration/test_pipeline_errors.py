@@ -6,9 +6,8 @@ import pytest
 from psycopg2 import sql
 
 from lmnh.config import LOCAL_KAFKA_SASL, LOCAL_KAFKA_SASL_PASSWORD, LOCAL_KAFKA_SASL_USER
-from lmnh.database import connect
 from lmnh.errors import ExitCode
-from tests.integration.support import HISTORY_UNTIL, Target, assert_exactly_once, run
+from tests.integration.support import HISTORY_UNTIL, Target, admin, assert_exactly_once, run
 
 pytestmark = pytest.mark.integration
 
@@ -79,17 +78,12 @@ def test_wrong_database_password(target: Target) -> None:
 
 
 def test_missing_schema(target: Target) -> None:
-    bare = f"{target.topic}_bare"
-    admin = connect(target.settings.database)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(bare)))
+    bare = sql.Identifier(f"{target.topic}_bare")
+    admin(target.settings, sql.SQL("CREATE DATABASE {}").format(bare))
     try:
-        failure = fails(target, {"DB_NAME": bare})
+        failure = fails(target, {"DB_NAME": f"{target.topic}_bare"})
     finally:
-        with admin.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(bare)))
-        admin.close()
+        admin(target.settings, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(bare))
     assert exit_code(failure) == ExitCode.SCHEMA_MISSING
     assert "schema missing" in failure
 
