@@ -7,6 +7,7 @@ from psycopg2 import sql
 
 from lmnh.config import LOCAL_KAFKA_SASL, LOCAL_KAFKA_SASL_PASSWORD, LOCAL_KAFKA_SASL_USER
 from lmnh.errors import ExitCode
+from lmnh.kafka_admin import delete_topic, ensure_topic
 from tests.integration.support import HISTORY_UNTIL, Target, admin, assert_exactly_once, run
 
 pytestmark = pytest.mark.integration
@@ -100,3 +101,14 @@ def test_configuration_problems_are_listed_together(target: Target) -> None:
     assert exit_code(failure) == ExitCode.CONFIG
     assert "SECURITY_PROTOCOL" in failure
     assert "DB_PORT" in failure
+
+
+def test_a_recreated_topic_is_refused_rather_than_silently_skipped(target: Target) -> None:
+    target.simulate("--count", "300", "--seed", "13", "--backfill", "3", "--until", HISTORY_UNTIL)
+    target.pipeline()
+    delete_topic(target.settings.kafka, target.topic)
+    ensure_topic(target.settings.kafka, target.topic, target.settings.topic_partitions)
+    target.simulate("--count", "30", "--seed", "14", "--backfill", "3", "--until", HISTORY_UNTIL)
+    failure = fails(target, {})
+    assert exit_code(failure) == ExitCode.TOPIC_MISSING
+    assert "the topic was recreated" in failure
