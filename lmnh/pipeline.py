@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -91,6 +92,20 @@ class RunStats:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A batch handed to the writer thread, and what to do once it is stored."""
+
+    result: Future[WriteResult]
+    messages: list[KafkaMessage]
+    outcomes: list[Outcome]
+    arrived_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.messages)
+
+
 class Pipeline:
     """Moves kiosk messages from a source into the store, one transaction per batch."""
 
@@ -125,26 +140,43 @@ class Pipeline:
         return stats
 
     def _loop(self, source: MessageSource, stats: RunStats) -> None:
+        """Fetch and validate batch N+1 while a writer thread stores batch N.
+
+        Kafka offsets of a batch are committed only once its transaction has committed, and
+        every consumer call stays on this thread (rebalance callbacks run inside them).
+        """
         options = self._options
         last_message = last_progress = time.monotonic()
-        while not self._stop.is_set():
-            wanted = options.batch_size
-            if options.limit is not None:
-                wanted = min(wanted, options.limit - stats.consumed)
-                if wanted <= 0:
-                    break
-            messages = source.next_batch(wanted, options.batch_timeout_s, self._stop)
-            now = time.monotonic()
-            if messages:
-                last_message = now
-                # A stop during the fetch still stores what was fetched: never half a batch.
-                stats.add(self._load(source, messages), len(messages), now)
-            elif self._idle(source, last_message, now):
-                log.info("no message for %.0f s: caught up", options.idle_timeout_s)
-                break
-            if now - last_progress >= options.progress_interval_s:
-                last_progress = now
-                log.info("progress: %s", stats.summary())
+        in_flight: _Write | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="lmnh-writer") as writer:
+            try:
+                while not self._stop.is_set():
+                    wanted = options.batch_size
+                    if options.limit is not None:
+                        held = in_flight.size if in_flight else 0
+                        wanted = min(wanted, options.limit - stats.consumed - held)
+                        if wanted <= 0:
+                            break
+                    messages = source.next_batch(wanted, options.batch_timeout_s, self._stop)
+                    now = time.monotonic()
+                    # A stop during the fetch still stores what was fetched: never half a batch.
+                    if messages:
+                        last_message = now
+                        outcomes = self._validate(messages, datetime.now(UTC))
+                    if in_flight is not None:
+                        write, in_flight = in_flight, None
+                        self._finish(source, write, stats)
+                    if messages:
+                        in_flight = self._submit(writer, messages, outcomes, now)
+                    elif self._idle(source, last_message, now):
+                        log.info("no message for %.0f s: caught up", options.idle_timeout_s)
+                        break
+                    if now - last_progress >= options.progress_interval_s:
+                        last_progress = now
+                        log.info("progress: %s", stats.summary())
+            finally:
+                if in_flight is not None:  # finish it even on a stop or an error: it is whole
+                    self._finish(source, in_flight, stats)
 
     def _idle(self, source: MessageSource, last_message: float, now: float) -> bool:
         """Idle: nothing for `idle_timeout_s` since the last message or rebalance. Joining the
@@ -154,19 +186,31 @@ class Pipeline:
             return False
         return now - max(last_message, source.rebalanced_at) >= timeout
 
-    def _load(self, source: MessageSource, messages: list[KafkaMessage]) -> WriteResult:
-        """Validate, store in one transaction, then commit the offsets to Kafka."""
-        received_at = datetime.now(UTC)
-        outcomes = self._validate(messages, received_at)
+    def _submit(
+        self,
+        writer: ThreadPoolExecutor,
+        messages: list[KafkaMessage],
+        outcomes: list[Outcome],
+        arrived_at: float,
+    ) -> _Write:
+        """Hand a validated batch to the writer thread: one transaction, retried while the
+        database is unavailable."""
         reference = self._current_reference()
-        result = self._retry(
-            lambda: self._store.write_batch(messages, outcomes, reference, received_at)
+        received_at = datetime.now(UTC)
+        result = writer.submit(
+            self._retry,
+            lambda: self._store.write_batch(messages, outcomes, reference, received_at),
         )
-        source.commit(messages)
-        for message, outcome in zip(messages, outcomes, strict=True):
+        return _Write(result, messages, outcomes, arrived_at)
+
+    def _finish(self, source: MessageSource, write: _Write, stats: RunStats) -> None:
+        """Wait for a batch's transaction, then commit its offsets to Kafka and log rejects."""
+        result = write.result.result()
+        source.commit(write.messages)
+        stats.add(result, write.size, write.arrived_at)
+        for message, outcome in zip(write.messages, write.outcomes, strict=True):
             if isinstance(outcome, Rejection):
                 self._on_rejected(message, outcome)
-        return result
 
     def _validate(self, messages: list[KafkaMessage], now: datetime) -> list[Outcome]:
         reference = self._current_reference()

@@ -9,6 +9,7 @@ lands once, in a fact table or in `rejected_message`, whichever process loads it
 from __future__ import annotations
 
 import io
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,31 +35,41 @@ class WriteResult:
 
 
 class Store:
-    """One connection to PostgreSQL, opened on demand and reopened after a failure."""
+    """PostgreSQL access for the pipeline: one connection per thread that uses it (the
+    pipeline reads reference data while its writer thread stores the previous batch), each
+    opened on demand and reopened after a failure."""
 
     def __init__(self, db: DatabaseSettings) -> None:
         self._db = db
-        self._conn: Connection | None = None
+        self._connections: dict[int, Connection] = {}
+        self._lock = threading.Lock()
 
     def _connection(self) -> Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self._db, application_name="lmnh-pipeline")
-        return self._conn
+        thread = threading.get_ident()
+        with self._lock:
+            conn = self._connections.get(thread)
+        if conn is None or conn.closed:
+            conn = connect(self._db, application_name="lmnh-pipeline")
+            with self._lock:
+                self._connections[thread] = conn
+        return conn
 
     def check(self) -> None:
         """Fail fast, with a clear error, when the database or the schema is missing."""
         require_schema(self._connection())
 
     def reset_connection(self) -> None:
-        """Drop the connection after an error; the next call opens a fresh one."""
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        """Drop this thread's connection after an error; its next call opens a fresh one."""
+        with self._lock:
+            conn = self._connections.pop(threading.get_ident(), None)
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
-        self.reset_connection()
+        with self._lock:
+            connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            conn.close()
 
     def load_reference(self) -> Reference:
         conn = self._connection()
