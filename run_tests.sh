@@ -11,6 +11,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
+# The dashboard's browser test drives Debian's chromium; install it once (as root, with apt).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "run_tests.sh: installing Debian's chromium for the dashboard's browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      || echo "run_tests.sh: chromium could not be installed; the browser test will be skipped"
+  else
+    echo "run_tests.sh: chromium is missing and needs root to install; the browser test will be skipped"
+  fi
+fi
+
 .venv/bin/ruff check .
 .venv/bin/mypy
 # The integration tests start the local stack themselves (python -m stack up).

@@ -27,12 +27,22 @@ step "30 days of simulated kiosk history (only into an empty topic)"
 step "Pipeline: validate and load every message (invalid ones logged to invalid-messages.log)"
 .venv/bin/python kafka_pipeline.py --from-beginning --logfile invalid-messages.log
 
+step "Dashboard requirements"
+.venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dashboard.txt
+
 cat <<'NEXT'
 
-Done. Next:
+Done. Next (in other terminals; the dashboard shows it live):
   live traffic:   .venv/bin/python kiosk_simulator.py --rate 20
   keep loading:   .venv/bin/python kafka_pipeline.py --follow
   look at it:     psql "postgresql://lmnh:lmnh-local@127.0.0.1:55432/lmnh" -c 'SELECT * FROM rejected_message LIMIT 5'
   stop the stack: .venv/bin/python -m stack down
 (With DB_HOST or BOOTSTRAP_SERVERS in .env, your own database and cluster were used instead.)
 NEXT
+
+# `./set_up.sh --no-dashboard` stops here, for scripts; otherwise the dashboard runs until Ctrl-C.
+if [ "${1:-}" = "--no-dashboard" ]; then
+  exit 0
+fi
+step "Dashboard: open http://127.0.0.1:8050/exhibitions and http://127.0.0.1:8050/safety (Ctrl-C to stop)"
+exec .venv/bin/python -m dashboard

@@ -12,8 +12,11 @@ from lmnh.config import DatabaseSettings
 from lmnh.errors import ExitCode, FatalError, TransientError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
-# Everything schema.sql creates, children before parents, for --reset.
+VIEWS_FILE = SCHEMA_FILE.parent / "dashboard" / "views.sql"
+# Everything schema.sql and views.sql create, children before parents, for --reset.
 TABLES = (
+    "rating_rollup",
+    "request_rollup",
     "kafka_offset",
     "rejected_message",
     "rating_interaction",
@@ -86,6 +89,7 @@ def apply_schema(conn: Connection) -> None:
     """Create what is missing and seed the reference data; never drops or deletes."""
     with conn, conn.cursor() as cur:
         cur.execute(SCHEMA_FILE.read_text(encoding="utf-8"))
+        cur.execute(VIEWS_FILE.read_text(encoding="utf-8"))
 
 
 def table_row_counts(conn: Connection) -> dict[str, int]:

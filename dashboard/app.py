@@ -1,0 +1,141 @@
+"""The web app: two pages (Exhibitions, Safety), their static files, and one JSON endpoint per
+chart, each answered by a server-side SQL aggregate over the reporting views."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from psycopg2.extensions import cursor as Cursor
+
+from dashboard import queries
+from dashboard.filters import FilterError, Filters, parse_filters
+from dashboard.pool import ConnectionPool
+from lmnh.config import DatabaseSettings
+from lmnh.errors import FatalError, TransientError
+from lmnh.validation import MUSEUM_CLOCK
+
+STATIC = Path(__file__).resolve().parent / "static"
+PAGES = {"exhibitions": STATIC / "exhibitions.html", "safety": STATIC / "safety.html"}
+CHARTS: dict[str, Callable[[Cursor, Filters], list[queries.Row]]] = {
+    "rating-over-time": queries.rating_over_time,
+    "popularity": queries.popularity,
+    "top-rated": queries.top_rated,
+    "request-share": queries.request_share,
+    "requests-by-time-of-day": queries.requests_by_time_of_day,
+    "requests-by-floor": queries.requests_by_floor,
+    "requests-by-exhibition": queries.requests_by_exhibition,
+    "request-heatmap": queries.request_heatmap,
+}
+# Never cache data: a wall screen must see what the database holds now.
+NO_STORE = {"Cache-Control": "no-store"}
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    database: DatabaseSettings,
+    *,
+    refresh_seconds: int = 30,
+    stale_minutes: int = 15,
+    pool_size: int = 4,
+) -> FastAPI:
+    """The dashboard app on `database`. The pages refresh every `refresh_seconds` unless their
+    URL says otherwise, and call the data stale once the newest interaction is older than
+    `stale_minutes`."""
+    pool = ConnectionPool(database, size=pool_size)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            pool.close()
+
+    app = FastAPI(
+        title="LMNH dashboards",
+        description="Live kiosk feedback for the Exhibitions Manager and the Head of Security.",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    # The charting library is about 0.8 MB; compressed it loads fast on a wall screen's Wi-Fi.
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def home(request: Request) -> RedirectResponse:
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"/exhibitions{query}")
+
+    @app.get("/exhibitions", include_in_schema=False)
+    def exhibitions_page() -> FileResponse:
+        return FileResponse(PAGES["exhibitions"], headers=NO_STORE)
+
+    @app.get("/safety", include_in_schema=False)
+    def safety_page() -> FileResponse:
+        return FileResponse(PAGES["safety"], headers=NO_STORE)
+
+    @app.get("/api/meta")
+    def meta() -> Response:
+        """What the filters offer, how fresh the data is, and the server's page settings."""
+        today = datetime.now(MUSEUM_CLOCK).date()
+        body: dict[str, Any] = {
+            "refresh_seconds": refresh_seconds,
+            "stale_minutes": stale_minutes,
+            "today": today.isoformat(),
+            "charts": sorted(CHARTS),
+        }
+        with pool.cursor() as cur:
+            body.update(queries.choices(cur))
+            body["freshness"] = queries.freshness(cur)
+        return JSONResponse(body, headers=NO_STORE)
+
+    @app.get("/api/charts/{name}")
+    def chart(name: str, request: Request) -> Response:
+        """The rows of one chart under the filters in the query string (see dashboard.filters)."""
+        if name not in CHARTS:
+            known = ", ".join(sorted(CHARTS))
+            return _error(404, f"no chart {name!r}; charts: {known}")
+        filters = parse_filters(
+            request.query_params.multi_items(), datetime.now(MUSEUM_CLOCK).date()
+        )
+        with pool.cursor() as cur:
+            rows = CHARTS[name](cur, filters)
+        body = {"chart": name, "filters": filters.as_query(), "bucket": filters.bucket}
+        return JSONResponse({**body, "rows": rows}, headers=NO_STORE)
+
+    @app.get("/healthz", include_in_schema=False)
+    def health() -> Response:
+        with pool.cursor() as cur:
+            cur.execute("SELECT 1")
+        return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+    @app.exception_handler(FilterError)
+    def bad_filters(_request: Request, error: FilterError) -> Response:
+        return _error(400, f"the filters cannot be read: {error}", problems=error.problems)
+
+    @app.exception_handler(TransientError)
+    def database_down(_request: Request, error: TransientError) -> Response:
+        log.warning("%s", error)
+        return _error(503, str(error))
+
+    @app.exception_handler(FatalError)
+    def database_refused(_request: Request, error: FatalError) -> Response:
+        log.error("%s", error)
+        return _error(503, str(error))
+
+    return app
+
+
+def _error(status: int, message: str, **extra: Any) -> Response:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=NO_STORE)

@@ -1,0 +1,282 @@
+"""`python -m dashboard.bench`: how fast the dashboard answers over 10,000,000 interactions.
+
+Fills a dedicated benchmark database (created if missing; default `lmnh_dashboard_bench`) with
+generated interactions straight from SQL (`generate_series`, no Kafka), through the same
+triggers the pipeline's COPY fires, then starts the dashboard on a free local port and times
+every data endpoint, with and without filters, printing p50/p95/max per endpoint. An existing
+benchmark database of the requested size is reused. Not part of CI: it takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from psycopg2 import sql
+
+from lmnh.cli import load_settings, positive_int
+from lmnh.config import DatabaseSettings
+from lmnh.database import apply_schema, connect
+from lmnh.validation import MUSEUM_CLOCK
+
+DEFAULT_DATABASE = "lmnh_dashboard_bench"
+REQUEST_SHARE = 0.06  # of all interactions, as in the live feed
+CHUNK_ROWS = 1_000_000
+
+# Interactions spread over the opening hours (08:45-18:15 London, 570 minutes) of `days` days
+# ending yesterday; exhibitions and ratings skewed so that the charts have something to show.
+_GENERATE = """
+WITH exhibitions AS (
+    SELECT array_agg(exhibition_id ORDER BY public_id) AS ids FROM exhibition
+), {kind}s AS (
+    SELECT array_agg({kind}_id ORDER BY {kind}_value) AS ids FROM {kind}
+)
+INSERT INTO {kind}_interaction
+    (exhibition_id, {kind}_id, event_at, kafka_topic, kafka_partition, kafka_offset)
+SELECT exhibitions.ids[1 + pick.exhibition],
+       {value},
+       ((%(last_day)s::date - floor(random() * %(days)s)::int) + time '08:45'
+           + random() * interval '570 minutes') AT TIME ZONE 'Europe/London',
+       'bench', pick.g %% 6, pick.g
+FROM (
+    SELECT g, least(5, floor(power(random(), 1.4) * 6))::int AS exhibition
+    FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
+) AS pick, exhibitions, {kind}s
+"""
+# A triangular spread around 2, shifted per exhibition so that their averages differ.
+_RATING_VALUE = (
+    "ratings.ids[1 + greatest(0, least(4, floor((random() + random() + random()) * 5 / 3"
+    " + (pick.exhibition - 2.5) * 0.2)))::int]"
+)
+_REQUEST_VALUE = "requests.ids[1 + (random() < 0.15)::int]"
+
+
+def london_today() -> date:
+    return datetime.now(MUSEUM_CLOCK).date()
+
+
+def ensure_database(admin: DatabaseSettings, name: str) -> DatabaseSettings:
+    conn = connect(admin, application_name="lmnh-dashboard-bench")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()
+    return replace(admin, name=name)
+
+
+def fill(database: DatabaseSettings, rows: int, days: int) -> None:
+    """Make the benchmark database hold exactly `rows` generated interactions."""
+    conn = connect(database, application_name="lmnh-dashboard-bench")
+    try:
+        apply_schema(conn)
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT (SELECT count(*) FROM rating_interaction)"
+                " + (SELECT count(*) FROM request_interaction)"
+            )
+            row = cur.fetchone()
+        if row is not None and row[0] == rows:
+            print(f"reusing {rows:,} interactions in {database.name}", flush=True)
+            return
+        with conn, conn.cursor() as cur:
+            cur.execute("TRUNCATE rating_interaction, request_interaction")
+        last_day = london_today() - timedelta(days=1)
+        requests = round(rows * REQUEST_SHARE)
+        plan = (("request", _REQUEST_VALUE, 0, requests), ("rating", _RATING_VALUE, requests, rows))
+        started = time.perf_counter()
+        for kind, value, first, end in plan:
+            statement = _GENERATE.format(kind=kind, value=value)
+            for chunk in range(first, end, CHUNK_ROWS):
+                with conn, conn.cursor() as cur:
+                    cur.execute(
+                        statement,
+                        {
+                            "last_day": last_day,
+                            "days": days,
+                            "first": chunk,
+                            "last": min(end, chunk + CHUNK_ROWS) - 1,
+                        },
+                    )
+                print(
+                    f"  {kind}s: {min(end, chunk + CHUNK_ROWS) - first:,} of {end - first:,}"
+                    f" ({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE")
+        print(f"generated {rows:,} interactions in {time.perf_counter() - started:.0f} s")
+    finally:
+        conn.close()
+
+
+def cases(last_day: date, days: int) -> dict[str, str]:
+    """Query strings to time: the page's default, everything there is, and every filter."""
+    whole = f"from={last_day - timedelta(days=days - 1)}&to={last_day}"
+    year = f"from={last_day - timedelta(days=364)}&to={last_day}"
+    return {
+        "default (last 30 days)": "",
+        f"all {days} days": whole,
+        "filtered (1 year, 2 exhibitions, floor, emergencies, 10-14 h)": (
+            f"{year}&exhibition=EXH_01&exhibition=EXH_03&floor=1&floor=Vault"
+            "&request=emergency&hour_from=10&hour_to=14&granularity=quarter&heatmap=exhibition"
+        ),
+    }
+
+
+def time_endpoints(base_url: str, queries: dict[str, str], repeat: int) -> list[tuple[str, ...]]:
+    """Time every data endpoint under every query string; rows of the printed table."""
+    from dashboard.app import CHARTS
+
+    paths = ["/api/meta", *(f"/api/charts/{name}" for name in sorted(CHARTS))]
+    table: list[tuple[str, ...]] = []
+    for label, query in queries.items():
+        for path in paths:
+            url = f"{base_url}{path}" + (f"?{query}" if query and path != "/api/meta" else "")
+            timings = []
+            for attempt in range(repeat + 2):
+                started = time.perf_counter()
+                with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - local
+                    json.load(response)
+                if attempt >= 2:  # the first two warm caches and connections
+                    timings.append((time.perf_counter() - started) * 1000)
+            timings.sort()
+            p95 = timings[max(0, -(-len(timings) * 95 // 100) - 1)]
+            table.append(
+                (
+                    path.removeprefix("/api/charts/"),
+                    label,
+                    f"{statistics.median(timings):.1f}",
+                    f"{p95:.1f}",
+                    f"{timings[-1]:.1f}",
+                )
+            )
+            print(" | ".join(table[-1]), flush=True)
+    return table
+
+
+def serve_in_background(database: DatabaseSettings) -> tuple[str, threading.Thread]:
+    """Start the dashboard on a free local port in a daemon thread; return its URL."""
+    import socket
+
+    import uvicorn
+
+    from dashboard.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(database), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    return f"http://127.0.0.1:{port}", thread
+
+
+def copy_cost(admin: DatabaseSettings, rows: int, batch: int, runs: int) -> None:
+    """How much the rollup triggers slow the pipeline's COPY: `rows` ratings in batches of
+    `batch` rows (one transaction each, as the pipeline does), with and without the triggers,
+    into a scratch database emptied before every run."""
+    database = ensure_database(admin, f"{DEFAULT_DATABASE}_copy")
+    conn = connect(database, application_name="lmnh-dashboard-bench")
+    try:
+        apply_schema(conn)
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT array_agg(exhibition_id), (SELECT array_agg(rating_id) FROM rating)"
+                " FROM exhibition"
+            )
+            exhibitions, ratings = cur.fetchone() or ([], [])
+        start = datetime(2026, 10, 1, 9, tzinfo=MUSEUM_CLOCK)
+        # Spread over 30 days of opening hours, like a backfill: more rollup keys than live data.
+        lines = [
+            f"{exhibitions[n % len(exhibitions)]}\t{ratings[n * 7 % len(ratings)]}\t"
+            f"{(start + timedelta(days=n % 30, seconds=n * 37 % 32_400)).isoformat()}"
+            f"\tcopycost\t{n % 6}\t{n}\n"
+            for n in range(rows)
+        ]
+        batches = ["".join(lines[i : i + batch]) for i in range(0, rows, batch)]
+        timings: dict[str, list[float]] = {"with triggers": [], "without triggers": []}
+        for run in range(runs * 2):
+            label = "with triggers" if run % 2 == 0 else "without triggers"
+            state = "ENABLE" if label == "with triggers" else "DISABLE"
+            with conn, conn.cursor() as cur:
+                cur.execute(f"ALTER TABLE rating_interaction {state} TRIGGER USER")
+                cur.execute("TRUNCATE rating_interaction, rating_rollup")
+            started = time.perf_counter()
+            for text in batches:
+                with conn, conn.cursor() as cur:
+                    cur.copy_expert(
+                        "COPY rating_interaction (exhibition_id, rating_id, event_at,"
+                        " kafka_topic, kafka_partition, kafka_offset) FROM STDIN",
+                        io.StringIO(text),
+                    )
+            timings[label].append(time.perf_counter() - started)
+        with conn, conn.cursor() as cur:
+            cur.execute("ALTER TABLE rating_interaction ENABLE TRIGGER USER")
+        with_triggers = statistics.median(timings["with triggers"])
+        without = statistics.median(timings["without triggers"])
+        print(
+            f"COPY of {rows:,} ratings in batches of {batch:,} (median of {runs}):"
+            f" {with_triggers:.2f} s with the rollup triggers, {without:.2f} s without"
+            f" (+{(with_triggers / without - 1) * 100:.1f}%)"
+        )
+    finally:
+        conn.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dashboard.bench",
+        description="Time the dashboard's data endpoints over a large generated database.",
+    )
+    parser.add_argument("--rows", type=positive_int, default=10_000_000, help="interactions")
+    parser.add_argument("--days", type=positive_int, default=730, help="days they span")
+    parser.add_argument("--repeat", type=positive_int, default=30, help="timed calls per endpoint")
+    parser.add_argument("--database", default=DEFAULT_DATABASE, help="benchmark database name")
+    parser.add_argument("--env-file", type=Path, help="settings file (default ./.env)")
+    parser.add_argument(
+        "--copy-cost",
+        action="store_true",
+        help="instead: measure what the rollup triggers add to a COPY of 100,000 rows",
+    )
+    args = parser.parse_args(argv)
+    settings = load_settings(args.env_file)
+    if args.copy_cost:
+        for batch in (100_000, 5_000):
+            copy_cost(settings.database, 100_000, batch, runs=5)
+        return 0
+    if args.database == settings.database.name:
+        print("--database must not be the pipeline's own database", file=sys.stderr)
+        return 2
+    database = ensure_database(settings.database, args.database)
+    fill(database, args.rows, args.days)
+    base_url, _thread = serve_in_background(database)
+    print(f"\n{args.repeat} calls each over HTTP, milliseconds")
+    print("endpoint | case | p50 | p95 | max")
+    last_day = london_today() - timedelta(days=1)
+    time_endpoints(base_url, cases(last_day, args.days), args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""One SQL aggregate per chart, over the reporting views of views.sql (never the raw tables).
+
+Every function takes an open cursor and the page's `Filters`, and returns JSON-ready rows:
+dates as ISO strings, counts as ints, averages as floats. Categories with nothing to count
+(an exhibition without requests, an hour without ratings) are returned with zero, so that a
+chart shows an honest gap instead of leaving the category out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+from psycopg2 import sql
+from psycopg2.extensions import cursor as Cursor
+
+from dashboard.filters import Filters
+
+Row = dict[str, Any]
+
+# The museum's opening hours (08:45-18:15 London), as hours and as quarter hours of the day:
+# the time-of-day charts show these slots, zero where nothing happened.
+OPENING_HOURS = (8, 18)
+OPENING_QUARTERS = (8 * 4 + 3, 18 * 4 + 1)
+
+
+def _conditions(filters: Filters, *, requests: bool) -> sql.Composable:
+    """The WHERE clause of a summary view for these filters (parameters by name)."""
+    parts = [sql.SQL("london_date BETWEEN %(start)s AND %(end)s")]
+    if filters.hour_from > 0 or filters.hour_to < 23:
+        parts.append(sql.SQL("hour_of_day BETWEEN %(hour_from)s AND %(hour_to)s"))
+    if filters.exhibitions:
+        parts.append(sql.SQL("public_id = ANY(%(exhibitions)s)"))
+    if filters.floors:
+        parts.append(sql.SQL("floor_name = ANY(%(floors)s)"))
+    if requests and filters.request_values:
+        parts.append(sql.SQL("request_value = ANY(%(request_values)s)"))
+    return sql.SQL(" AND ").join(parts)
+
+
+def _exhibition_conditions(filters: Filters, alias: str = "e") -> sql.Composable:
+    """Which exhibitions the filters keep, as a WHERE clause on exhibition_overview `alias`."""
+    parts: list[sql.Composable] = [sql.SQL("TRUE")]
+    if filters.exhibitions:
+        parts.append(sql.SQL("{}.public_id = ANY(%(exhibitions)s)").format(sql.Identifier(alias)))
+    if filters.floors:
+        parts.append(sql.SQL("{}.floor_name = ANY(%(floors)s)").format(sql.Identifier(alias)))
+    return sql.SQL(" AND ").join(parts)
+
+
+def _request_type_conditions(filters: Filters) -> sql.Composable:
+    if filters.request_values:
+        return sql.SQL("request_value = ANY(%(request_values)s)")
+    return sql.SQL("TRUE")
+
+
+def _parameters(filters: Filters) -> dict[str, Any]:
+    lowest_hour = max(filters.hour_from, OPENING_HOURS[0])
+    highest_hour = min(filters.hour_to, OPENING_HOURS[1])
+    return {
+        "start": filters.start,
+        "end": filters.end,
+        "hour_from": filters.hour_from,
+        "hour_to": filters.hour_to,
+        "exhibitions": list(filters.exhibitions),
+        "floors": list(filters.floors),
+        "request_values": list(filters.request_values),
+        "bucket": filters.bucket,
+        "first_hour": lowest_hour,
+        "last_hour": highest_hour,
+        "first_quarter": max(filters.hour_from * 4, OPENING_QUARTERS[0]),
+        "last_quarter": min(filters.hour_to * 4 + 3, OPENING_QUARTERS[1]),
+    }
+
+
+def _rows(cur: Cursor, query: sql.Composable, filters: Filters) -> list[Row]:
+    cur.execute(query, _parameters(filters))
+    names = [column.name for column in cur.description or ()]
+    return [{name: _json(value) for name, value in zip(names, row, strict=True)} for row in cur]
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if hasattr(value, "as_integer_ratio") and not isinstance(value, int | float):
+        return float(value)  # Decimal from sum()
+    return value
+
+
+def floor_order(name: str) -> tuple[int, int, str]:
+    """Floors bottom to top: named levels (the Vault) first, then numbered floors."""
+    return (1, int(name), "") if name.isdigit() else (0, 0, name)
+
+
+def _by_floor(rows: Sequence[Row], key: str = "floor_name") -> list[Row]:
+    return sorted(rows, key=lambda row: floor_order(str(row[key])))
+
+
+# Exhibitions page ----------------------------------------------------------------------------
+
+
+def rating_over_time(cur: Cursor, filters: Filters) -> list[Row]:
+    """Average rating per exhibition per day, week or month (`filters.bucket`)."""
+    query = sql.SQL(
+        "SELECT date_trunc(%(bucket)s, london_date)::date AS period, public_id, exhibition_name,"
+        " sum(rating_value * interactions)::float8 / sum(interactions) AS average_rating,"
+        " sum(interactions)::bigint AS ratings"
+        " FROM rating_hourly WHERE {} GROUP BY 1, 2, 3 ORDER BY 1, 2"
+    ).format(_conditions(filters, requests=False))
+    return _rows(cur, query, filters)
+
+
+def popularity(cur: Cursor, filters: Filters) -> list[Row]:
+    """Interactions (ratings and requests) per exhibition, most popular first."""
+    query = sql.SQL(
+        "WITH ratings AS (SELECT public_id, sum(interactions) AS n FROM rating_hourly"
+        "   WHERE {ratings} GROUP BY 1),"
+        " requests AS (SELECT public_id, sum(interactions) AS n FROM request_quarter_hourly"
+        "   WHERE {requests} GROUP BY 1)"
+        " SELECT e.public_id, e.exhibition_name, e.floor_name,"
+        "  coalesce(r.n, 0)::bigint AS ratings, coalesce(q.n, 0)::bigint AS requests,"
+        "  (coalesce(r.n, 0) + coalesce(q.n, 0))::bigint AS interactions"
+        " FROM exhibition_overview AS e"
+        " LEFT JOIN ratings AS r USING (public_id) LEFT JOIN requests AS q USING (public_id)"
+        " WHERE {exhibitions} ORDER BY interactions DESC, e.public_id"
+    ).format(
+        ratings=_conditions(filters, requests=False),
+        requests=_conditions(filters, requests=True),
+        exhibitions=_exhibition_conditions(filters),
+    )
+    return _rows(cur, query, filters)
+
+
+def top_rated(cur: Cursor, filters: Filters) -> list[Row]:
+    """Exhibitions by average rating, best first, with their count and rating distribution.
+
+    Exhibitions without a rating in the range are left out: they have no average to rank.
+    Ties on the average go to the exhibition with more ratings.
+    """
+    counts = sql.SQL(", ").join(
+        sql.SQL(
+            "coalesce(sum(interactions) FILTER (WHERE rating_value = {value}), 0)::bigint AS {name}"
+        ).format(value=sql.Literal(value), name=sql.Identifier(f"rating_{value}"))
+        for value in range(5)
+    )
+    query = sql.SQL(
+        "SELECT public_id, exhibition_name, floor_name, sum(interactions)::bigint AS ratings,"
+        " sum(rating_value * interactions)::float8 / sum(interactions) AS average_rating, {}"
+        " FROM rating_hourly WHERE {}"
+        " GROUP BY 1, 2, 3 ORDER BY average_rating DESC, ratings DESC, public_id"
+    ).format(counts, _conditions(filters, requests=False))
+    rows = _rows(cur, query, filters)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+        row["distribution"] = [row.pop(f"rating_{value}") for value in range(5)]
+    return rows
+
+
+# Safety page ---------------------------------------------------------------------------------
+
+
+def request_share(cur: Cursor, filters: Filters) -> list[Row]:
+    """Assistance and emergency requests: how many of each, and their share of all."""
+    query = sql.SQL(
+        "WITH counted AS (SELECT request_value, sum(interactions) AS n"
+        "   FROM request_quarter_hourly WHERE {} GROUP BY 1)"
+        " SELECT t.request_value, t.request_description, coalesce(c.n, 0)::bigint AS requests,"
+        "  coalesce(c.n::float8 / nullif(sum(c.n) OVER (), 0), 0) AS share"
+        " FROM request AS t LEFT JOIN counted AS c USING (request_value)"
+        " WHERE {} ORDER BY t.request_value"
+    ).format(_conditions(filters, requests=True), _request_type_conditions(filters))
+    return _rows(cur, query, filters)
+
+
+def requests_by_time_of_day(cur: Cursor, filters: Filters) -> list[Row]:
+    """Requests per hour (or quarter hour) of the museum's day, per request type.
+
+    Every slot of the opening hours within the hour filter is listed, zero when quiet, and so
+    is a slot outside them that has a request, for every request type.
+    """
+    if filters.granularity == "quarter":
+        slots = sql.SQL(
+            "SELECT make_time(q / 4, (q %% 4) * 15, 0) AS slot"
+            " FROM generate_series(%(first_quarter)s, %(last_quarter)s) AS q"
+        )
+        slot = sql.SQL("quarter_hour_start")
+    else:
+        slots = sql.SQL(
+            "SELECT make_time(h, 0, 0) AS slot"
+            " FROM generate_series(%(first_hour)s, %(last_hour)s) AS h"
+        )
+        slot = sql.SQL("make_time(hour_of_day, 0, 0)")
+    query = sql.SQL(
+        "WITH slots AS ({slots}),"
+        " types AS (SELECT request_value, request_description FROM request WHERE {types}),"
+        " counted AS (SELECT {slot} AS slot, request_value, sum(interactions) AS n"
+        "   FROM request_quarter_hourly WHERE {conditions} GROUP BY 1, 2),"
+        " grid AS (SELECT slot, request_value, request_description"
+        "   FROM (SELECT slot FROM slots UNION SELECT slot FROM counted) AS every_slot, types)"
+        " SELECT to_char(g.slot, 'HH24:MI') AS slot, g.request_value, g.request_description,"
+        "  coalesce(c.n, 0)::bigint AS requests"
+        " FROM grid AS g LEFT JOIN counted AS c USING (slot, request_value)"
+        " ORDER BY g.slot, g.request_value"
+    ).format(
+        slots=slots,
+        types=_request_type_conditions(filters),
+        slot=slot,
+        conditions=_conditions(filters, requests=True),
+    )
+    return _rows(cur, query, filters)
+
+
+def requests_by_floor(cur: Cursor, filters: Filters) -> list[Row]:
+    """Requests per floor and request type, floors bottom to top."""
+    query = sql.SQL(
+        "WITH floors AS (SELECT DISTINCT e.floor_name FROM exhibition_overview AS e"
+        "   WHERE {exhibitions}),"
+        " types AS (SELECT request_value, request_description FROM request WHERE {types}),"
+        " counted AS (SELECT floor_name, request_value, sum(interactions) AS n"
+        "   FROM request_quarter_hourly WHERE {conditions} GROUP BY 1, 2)"
+        " SELECT f.floor_name, t.request_value, t.request_description,"
+        "  coalesce(c.n, 0)::bigint AS requests"
+        " FROM floors AS f CROSS JOIN types AS t"
+        " LEFT JOIN counted AS c ON c.floor_name = f.floor_name"
+        "  AND c.request_value = t.request_value"
+        " ORDER BY t.request_value"
+    ).format(
+        exhibitions=_exhibition_conditions(filters),
+        types=_request_type_conditions(filters),
+        conditions=_conditions(filters, requests=True),
+    )
+    return _by_floor(_rows(cur, query, filters))
+
+
+def requests_by_exhibition(cur: Cursor, filters: Filters) -> list[Row]:
+    """Requests per exhibition and request type, in exhibition order."""
+    query = sql.SQL(
+        "WITH types AS (SELECT request_value, request_description FROM request WHERE {types}),"
+        " counted AS (SELECT public_id, request_value, sum(interactions) AS n"
+        "   FROM request_quarter_hourly WHERE {conditions} GROUP BY 1, 2)"
+        " SELECT e.public_id, e.exhibition_name, e.floor_name, t.request_value,"
+        "  t.request_description, coalesce(c.n, 0)::bigint AS requests"
+        " FROM exhibition_overview AS e CROSS JOIN types AS t"
+        " LEFT JOIN counted AS c ON c.public_id = e.public_id"
+        "  AND c.request_value = t.request_value"
+        " WHERE {exhibitions} ORDER BY e.public_id, t.request_value"
+    ).format(
+        types=_request_type_conditions(filters),
+        conditions=_conditions(filters, requests=True),
+        exhibitions=_exhibition_conditions(filters),
+    )
+    return _rows(cur, query, filters)
+
+
+def request_heatmap(cur: Cursor, filters: Filters) -> list[Row]:
+    """Requests (of the types filtered) per floor or exhibition and hour of the museum's day."""
+    if filters.heatmap == "exhibition":
+        place = sql.SQL("public_id || ' ' || exhibition_name")
+    else:
+        place = sql.SQL("floor_name")
+    query = sql.SQL(
+        "WITH places AS (SELECT DISTINCT {place} AS place FROM exhibition_overview AS e"
+        "   WHERE {exhibitions}),"
+        " hours AS (SELECT h::smallint AS hour_of_day"
+        "   FROM generate_series(%(first_hour)s, %(last_hour)s) AS h),"
+        " counted AS (SELECT {place} AS place, hour_of_day, sum(interactions) AS n"
+        "   FROM request_quarter_hourly WHERE {conditions} GROUP BY 1, 2),"
+        " grid AS (SELECT place, hour_of_day"
+        "   FROM (SELECT place FROM places UNION SELECT place FROM counted) AS every_place,"
+        "   (SELECT hour_of_day FROM hours UNION SELECT hour_of_day FROM counted) AS every_hour)"
+        " SELECT g.place, g.hour_of_day, coalesce(c.n, 0)::bigint AS requests"
+        " FROM grid AS g LEFT JOIN counted AS c USING (place, hour_of_day)"
+        " ORDER BY g.place, g.hour_of_day"
+    ).format(
+        place=place,
+        exhibitions=_exhibition_conditions(filters),
+        conditions=_conditions(filters, requests=True),
+    )
+    rows = _rows(cur, query, filters)
+    return _by_floor(rows, "place") if filters.heatmap == "floor" else rows
+
+
+# Both pages ----------------------------------------------------------------------------------
+
+
+def freshness(cur: Cursor) -> Row:
+    """When the newest interaction happened and when the pipeline last stored a batch."""
+    cur.execute(
+        "SELECT latest_interaction_at, latest_rating_at, latest_request_at, last_loaded_at,"
+        " now() AS queried_at FROM data_freshness"
+    )
+    names = [column.name for column in cur.description or ()]
+    row = cur.fetchone() or (None,) * len(names)
+    return {name: _json(value) for name, value in zip(names, row, strict=True)}
+
+
+def choices(cur: Cursor) -> Row:
+    """What the filters and legends name: exhibitions, floors (bottom to top), request types,
+    rating values."""
+    cur.execute(
+        "SELECT public_id, exhibition_name, floor_name FROM exhibition_overview ORDER BY public_id"
+    )
+    exhibitions = [
+        {"public_id": public_id, "exhibition_name": name, "floor_name": floor}
+        for public_id, name, floor in cur.fetchall()
+    ]
+    floors = sorted({row["floor_name"] for row in exhibitions}, key=floor_order)
+    cur.execute("SELECT request_value, request_description FROM request ORDER BY request_value")
+    request_types = [
+        {"request_value": value, "request_description": description}
+        for value, description in cur.fetchall()
+    ]
+    cur.execute("SELECT rating_value, rating_description FROM rating ORDER BY rating_value")
+    ratings = [
+        {"rating_value": value, "rating_description": description}
+        for value, description in cur.fetchall()
+    ]
+    return {
+        "exhibitions": exhibitions,
+        "floors": floors,
+        "request_types": request_types,
+        "ratings": ratings,
+    }

@@ -1,0 +1,97 @@
+"""A database of the test's own for the dashboard, with the schema and views applied, and a
+small way to store interactions at exact times (straight into the fact tables, as the
+pipeline's COPY does, so that the rollup triggers fire)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import pytest
+from psycopg2 import sql
+
+from lmnh.config import DatabaseSettings, Settings
+from lmnh.database import apply_schema, connect
+from tests.integration.support import admin
+
+# (public_id, rating value or request value, ISO time with offset)
+Interaction = tuple[str, int, str]
+
+# A small fixed dataset that straddles both of 2026's clock changes in London (BST starts on
+# 29 March at 01:00 UTC and ends on 25 October at 01:00 UTC), so that a query judging dates or
+# hours in UTC instead of on the museum's clock gives different numbers.
+RATINGS = [
+    ("EXH_01", 4, "2026-03-28T09:30:00Z"),  # 09:30 GMT, Sat 28 Mar, hour 9
+    ("EXH_01", 2, "2026-03-30T09:30:00Z"),  # 10:30 BST, Mon 30 Mar, hour 10
+    ("EXH_01", 3, "2026-03-30T16:59:00Z"),  # 17:59 BST, hour 17
+    ("EXH_03", 1, "2026-03-28T12:00:00Z"),  # 12:00 GMT
+    ("EXH_03", 0, "2026-03-29T10:00:00Z"),  # 11:00 BST on the day the clocks go forward
+    ("EXH_00", 4, "2026-03-31T08:45:00Z"),  # 09:45 BST
+    ("EXH_04", 3, "2026-03-28T23:30:00Z"),  # 23:30 GMT, still Sat 28 Mar
+    ("EXH_04", 1, "2026-03-31T23:30:00Z"),  # 00:30 BST on Wed 1 Apr: outside to=31 Mar
+]
+REQUESTS = [  # value 0 assistance, 1 emergency
+    ("EXH_01", 1, "2026-10-24T09:00:00Z"),  # 10:00 BST, Sat 24 Oct
+    ("EXH_01", 0, "2026-10-26T09:00:00Z"),  # 09:00 GMT, Mon 26 Oct
+    ("EXH_03", 0, "2026-10-26T09:14:59Z"),  # 09:14 GMT: quarter 09:00
+    ("EXH_03", 0, "2026-10-26T09:15:00Z"),  # quarter 09:15
+    ("EXH_04", 1, "2026-10-25T13:40:00Z"),  # 13:40 GMT on the day the clocks go back
+    ("EXH_02", 0, "2026-10-25T00:30:00Z"),  # 01:30 BST, the first of the two 01:30s
+    ("EXH_00", 0, "2026-10-24T17:10:00Z"),  # 18:10 BST
+]
+
+
+@pytest.fixture
+def dashboard_db(settings: Settings) -> Iterator[DatabaseSettings]:
+    name = f"test_dash_{uuid.uuid4().hex[:12]}"
+    admin(settings, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    database = replace(settings.database, name=name)
+    conn = connect(database)
+    apply_schema(conn)
+    conn.close()
+    try:
+        yield database
+    finally:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        admin(settings, drop)
+
+
+def store(
+    database: DatabaseSettings,
+    ratings: Sequence[Interaction] = (),
+    requests: Sequence[Interaction] = (),
+) -> None:
+    """Insert the interactions in one statement per table, Kafka coordinates made up."""
+    conn = connect(database)
+    try:
+        with conn, conn.cursor() as cur:
+            for kind, rows in (("rating", ratings), ("request", requests)):
+                if not rows:
+                    continue
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {fact} (exhibition_id, {kind}_id, event_at, kafka_topic,"
+                        " kafka_partition, kafka_offset)"
+                        " SELECT e.exhibition_id, v.{kind}_id, i.at::timestamptz, 'fixture', 0,"
+                        "  coalesce((SELECT max(kafka_offset) + 1 FROM {fact}), 0) + i.n"
+                        " FROM unnest(%s::text[], %s::int[], %s::text[])"
+                        "  WITH ORDINALITY AS i (public_id, value, at, n)"
+                        " JOIN exhibition AS e USING (public_id)"
+                        " JOIN {kind} AS v ON v.{kind}_value = i.value"
+                    ).format(fact=sql.Identifier(f"{kind}_interaction"), kind=sql.SQL(kind)),
+                    ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+                )
+                assert cur.rowcount == len(rows), f"unknown exhibition or value in {rows}"
+    finally:
+        conn.close()
+
+
+def query(database: DatabaseSettings, statement: str, params: tuple[object, ...] = ()) -> list:
+    conn = connect(database)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()

@@ -1,0 +1,247 @@
+"""Both dashboard pages in a real browser (Debian's chromium, headless, driven by Playwright)
+against a running `python -m dashboard`: every chart renders, filters change the URL and the
+charts, the empty and error states say what is going on, and nothing is logged as an error.
+The run also saves the screenshots that the README shows (dashboard/*.png)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from dashboard.bench import fill
+from lmnh.config import DatabaseSettings
+from tests.integration.dashboard_support import dashboard_db, store
+from tests.integration.support import PYTHON, ROOT, Target, clean_env
+
+pytestmark = pytest.mark.integration
+__all__ = ["dashboard_db"]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "dashboard"
+# Flags that keep a headless chromium quiet and self-contained: no GPU, no phoning home.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+EXHIBITIONS_CHARTS = ["rating-over-time", "popularity", "top-rated"]
+SAFETY_CHARTS = [
+    "request-share",
+    "requests-by-time-of-day",
+    "requests-by-floor",
+    "requests-by-exhibition",
+    "request-heatmap",
+]
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(
+        "Debian's chromium is not installed and could not be installed (run_tests.sh installs"
+        " it with apt-get when run as root)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (requirements-dev.txt)")
+
+
+@contextmanager
+def running_dashboard(env: dict[str, str]) -> Iterator[str]:
+    """`python -m dashboard` on a free port with these settings, until the block ends."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310 - local
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = process.stdout.read() if process.stdout else ""
+                    pytest.fail(f"the dashboard did not start: {output[-2000:]}")
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
+
+
+@pytest.fixture
+def server(dashboard_db: DatabaseSettings) -> Iterator[str]:
+    """The dashboard over 30 days of generated history, plus a rating a minute old so that the
+    data is fresh."""
+    fill(dashboard_db, 20_000, 30)
+    a_minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    store(dashboard_db, [("EXH_02", 2, a_minute_ago)])
+    with running_dashboard({**clean_env(), "DB_NAME": dashboard_db.name}) as url:
+        yield url
+
+
+@pytest.fixture
+def browser() -> Iterator[sync_api.Browser]:
+    with (
+        tempfile.TemporaryDirectory(prefix="lmnh-chromium-") as profile,
+        sync_api.sync_playwright() as playwright,
+    ):
+        # A persistent context is how Playwright takes a fresh --user-data-dir of our own.
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 800},
+        )
+        try:
+            yield context  # type: ignore[misc]
+        finally:
+            context.close()
+
+
+class Problems:
+    """Console errors, uncaught exceptions and failed requests seen by a page."""
+
+    def __init__(self, page: sync_api.Page) -> None:
+        self.seen: list[str] = []
+        page.on(
+            "console",
+            lambda message: (
+                self.seen.append(f"console: {message.text}") if message.type == "error" else None
+            ),
+        )
+        page.on("pageerror", lambda error: self.seen.append(f"page error: {error}"))
+        page.on("requestfailed", lambda request: self.seen.append(f"failed: {request.url}"))
+
+
+def wait_for_cycle(page: sync_api.Page, after: int = 0) -> int:
+    """Wait until the page has finished a load cycle later than `after`; return its number."""
+    page.wait_for_function(f"Number(document.body.dataset.loaded || 0) > {after}", timeout=20_000)
+    return int(page.evaluate("document.body.dataset.loaded"))
+
+
+def assert_all_rendered(page: sync_api.Page, charts: list[str]) -> None:
+    for chart in charts:
+        card = page.locator(f'[data-chart="{chart}"]')
+        assert card.get_attribute("data-state") == "ready", card.inner_text()
+        if chart == "top-rated":
+            assert card.locator("tbody tr").count() >= 1
+        else:
+            # Vega draws each mark as SVG paths under a g.mark-* group.
+            marks = card.locator(".body svg g[class^='mark-'] path")
+            assert marks.count() > 0, f"{chart} drew no marks"
+
+
+def test_both_pages_render_and_filter(server: str, browser: sync_api.Browser) -> None:
+    page = browser.new_page()
+    problems = Problems(page)
+
+    page.goto(f"{server}/exhibitions")
+    cycle = wait_for_cycle(page)
+    assert_all_rendered(page, EXHIBITIONS_CHARTS)
+    assert page.locator("#banner").is_hidden(), "fresh data must not be called stale"
+    assert "Updated" in page.locator("#status").inner_text()
+    page.screenshot(path=SCREENSHOTS / "exhibitions.png", full_page=True)
+
+    # A filter goes into the URL and narrows every chart: the Vault holds one exhibition.
+    page.locator("label.chip", has_text="Vault").click()
+    cycle = wait_for_cycle(page, cycle)
+    assert "floor=Vault" in page.url
+    assert_all_rendered(page, EXHIBITIONS_CHARTS)
+    assert page.locator('[data-chart="top-rated"] tbody tr').count() == 1
+    assert "EXH_01" in page.locator('[data-chart="top-rated"] tbody').inner_text()
+
+    # The link carries the filters over to the other page, as a shared link would.
+    page.locator("nav a", has_text="Safety").click()
+    page.wait_for_url("**/safety?floor=Vault")
+    cycle = wait_for_cycle(page)
+    assert page.locator("label.chip", has_text="Vault").locator("input").is_checked()
+    assert_all_rendered(page, SAFETY_CHARTS)
+
+    page.goto(f"{server}/safety")
+    cycle = wait_for_cycle(page)
+    assert_all_rendered(page, SAFETY_CHARTS)
+    page.screenshot(path=SCREENSHOTS / "safety.png", full_page=True)
+
+    page.select_option('select[name="request"]', "emergency")
+    cycle = wait_for_cycle(page, cycle)
+    assert "request=emergency" in page.url
+    assert_all_rendered(page, SAFETY_CHARTS)
+    assert "Emergency 100.0%" in page.locator('[data-chart="request-share"] svg').inner_html()
+
+    page.select_option('select[data-option="granularity"]', "quarter")
+    cycle = wait_for_cycle(page, cycle)
+    assert "granularity=quarter" in page.url
+    assert_all_rendered(page, SAFETY_CHARTS)
+
+    assert problems.seen == []
+
+
+def test_empty_and_error_states_say_what_is_going_on(
+    server: str, browser: sync_api.Browser
+) -> None:
+    page = browser.new_page()
+    page.goto(f"{server}/safety?from=2020-01-01&to=2020-01-31")
+    wait_for_cycle(page)
+    for chart in SAFETY_CHARTS:
+        card = page.locator(f'[data-chart="{chart}"]')
+        assert card.get_attribute("data-state") == "empty"
+        assert (
+            "No requests match these filters (1 Jan 2020 \N{EN DASH} 31 Jan 2020)"
+            in card.inner_text()
+        )
+
+    page.goto(f"{server}/exhibitions?hour_from=20&hour_to=9")
+    wait_for_cycle(page)
+    for chart in EXHIBITIONS_CHARTS:
+        card = page.locator(f'[data-chart="{chart}"]')
+        assert card.get_attribute("data-state") == "error"
+        assert "hour_from 20 is after hour_to 9" in card.inner_text()
+
+
+def test_pages_follow_the_simulated_stream_live(target: Target, browser: sync_api.Browser) -> None:
+    """Kiosks -> Kafka -> pipeline -> PostgreSQL -> a page that refreshes itself every 2 s."""
+    first = target.simulate("--backfill", "2", "--count", "400", "--seed", "11")
+    target.pipeline()
+    with running_dashboard(dict(target.env)) as url:
+        page = browser.new_page()
+        problems = Problems(page)
+        page.goto(f"{url}/exhibitions?days=3&refresh=2")
+        wait_for_cycle(page)
+        assert_all_rendered(page, EXHIBITIONS_CHARTS)
+        shown = page.locator('[data-chart="top-rated"] tbody').inner_text()
+        stored = sum(first["ratings"][e][v] for e in first["ratings"] for v in first["ratings"][e])
+        assert stored_ratings(page) == stored, shown
+
+        more = target.simulate("--backfill", "2", "--count", "400", "--seed", "12")
+        target.pipeline()
+        stored += sum(more["ratings"][e][v] for e in more["ratings"] for v in more["ratings"][e])
+        deadline = time.monotonic() + 15
+        while stored_ratings(page) != stored:
+            assert time.monotonic() < deadline, "the page did not pick up the new ratings"
+            page.wait_for_timeout(250)
+        assert problems.seen == []
+
+
+def stored_ratings(page: sync_api.Page) -> int:
+    """The ratings the top-rated table counts, summed over its exhibitions."""
+    cells = page.locator('[data-chart="top-rated"] tbody td.num').all_inner_texts()
+    return sum(int(cell.replace(",", "")) for cell in cells)
