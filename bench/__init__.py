@@ -1,0 +1,5 @@
+"""Benchmarks against the local stack: `python -m bench` (see the README's Benchmark section).
+
+Nothing here is used by the product; the original design's loader lives here only as the
+baseline to measure against.
+"""

@@ -1,0 +1,358 @@
+"""The benchmark's edge on the local stack: fresh databases and topics, the project's own
+commands run as users run them, reading a topic back, and checking what a database holds.
+
+Every contender gets its own database and consumer group, so none sees another's rows or
+offsets; all of them are removed at the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from psycopg2 import sql
+
+from bench.report import Summary, parse_summary
+from lmnh.config import DatabaseSettings, KafkaSettings, Settings, load_config
+from lmnh.database import apply_schema, connect
+from lmnh.events import KafkaMessage
+from lmnh.kafka_admin import client_config, delete_topic, ensure_topic
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+# A developer's own .env must not reach the commands the benchmark runs.
+NO_ENV_FILE = "/dev/null"
+# Fixed and in the past, so that the produced history is the same on every run.
+HISTORY_UNTIL = "2026-11-20T18:00:00+00:00"
+PARTITIONS = 6
+LAUNCHER = ROOT / "bench" / "peak_rss.py"
+_PROJECT_VARIABLES = frozenset(
+    {
+        "BOOTSTRAP_SERVERS",
+        "SECURITY_PROTOCOL",
+        "SASL_MECHANISM",
+        "SASL_USERNAME",
+        "SASL_PASSWORD",
+        "SSL_CA_LOCATION",
+        "KAFKA_GROUP_ID",
+        "KAFKA_PARTITIONS",
+        "DB_HOST",
+        "DB_PORT",
+        "DB_NAME",
+        "DB_USERNAME",
+        "DB_PASSWORD",
+        "DB_SSLMODE",
+    }
+)
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on, or a contender gave a wrong result: one line says which."""
+
+
+def local_settings() -> Settings:
+    """The local stack's settings, whatever the environment says."""
+    return load_config({})
+
+
+def child_env(database: str | None = None) -> dict[str, str]:
+    """The environment for a child command: the local stack's defaults, and `database`."""
+    env = {k: v for k, v in os.environ.items() if k not in _PROJECT_VARIABLES}
+    if database is not None:
+        env["DB_NAME"] = database
+    return env
+
+
+class Resources:
+    """Creates fresh databases, topics and group names for one run, and removes them all."""
+
+    def __init__(self, settings: Settings, run_id: str) -> None:
+        self.settings = settings
+        self.run_id = run_id
+        self._databases: list[str] = []
+        self._topics: list[str] = []
+        self._groups: list[str] = []
+
+    def name(self, kind: str) -> str:
+        return f"bench_{kind}_{self.run_id}"
+
+    def group(self, kind: str) -> str:
+        group = f"bench-{kind}-{self.run_id}"
+        self._groups.append(group)
+        return group
+
+    def database(self, kind: str) -> DatabaseSettings:
+        """A new database with the project's schema applied."""
+        name = self.name(kind)
+        self._admin_sql(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self._databases.append(name)
+        database = replace(self.settings.database, name=name)
+        conn = connect(database)
+        try:
+            apply_schema(conn)
+        finally:
+            conn.close()
+        return database
+
+    def drop_database(self, database: DatabaseSettings) -> None:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        self._admin_sql(drop.format(sql.Identifier(database.name)))
+        if database.name in self._databases:
+            self._databases.remove(database.name)
+
+    def topic(self, kind: str) -> str:
+        """A new, empty topic with the partitions of the museum's."""
+        name = self.name(kind)
+        ensure_topic(self.settings.kafka, name, PARTITIONS)
+        self._topics.append(name)
+        return name
+
+    def checkpoint(self) -> None:
+        """Flush what earlier contenders left dirty, so that it is not written during the
+        next measurement."""
+        self._admin_sql(sql.SQL("CHECKPOINT"))
+
+    def close(self) -> None:
+        """Remove every database, topic and consumer group this run made."""
+        for database in list(self._databases):
+            self.drop_database(replace(self.settings.database, name=database))
+        for topic in self._topics:
+            delete_topic(self.settings.kafka, topic)
+        self._topics.clear()
+        if self._groups:
+            admin = AdminClient(client_config(self.settings.kafka))
+            for future in admin.delete_consumer_groups(self._groups).values():
+                try:
+                    future.result()
+                except Exception:  # noqa: S110 - a group that never committed does not exist
+                    pass
+            self._groups.clear()
+
+    def _admin_sql(self, statement: sql.Composable) -> None:
+        conn = connect(self.settings.database)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
+
+def produce(topic: str, count: int, *extra: str) -> dict[str, Any]:
+    """Run the kiosk simulator into `topic` (a reproducible history unless `extra` says
+    otherwise) and return its JSON report of what the broker acknowledged."""
+    mode = list(extra) or ["--seed", "1", "--backfill", "365", "--until", HISTORY_UNTIL]
+    command = [
+        PYTHON,
+        "kiosk_simulator.py",
+        "--topic",
+        topic,
+        "--count",
+        str(count),
+        "--env-file",
+        NO_ENV_FILE,
+        *mode,
+    ]
+    result = subprocess.run(  # noqa: S603 - our own command line
+        command, cwd=ROOT, env=child_env(), capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise BenchError(f"the simulator failed ({result.returncode}): {result.stderr[-2000:]}")
+    report: dict[str, Any] = json.loads(result.stdout)
+    if report["sent"] != count or report["failed"]:
+        raise BenchError(f"the simulator acknowledged {report['sent']} of {count} messages")
+    return report
+
+
+def pipeline_command(topic: str, group: str, logfile: Path, *args: str) -> list[str]:
+    """kafka_pipeline.py as a user runs it, on a fresh group, ignoring any .env."""
+    return [
+        PYTHON,
+        "kafka_pipeline.py",
+        "--topic",
+        topic,
+        "--from-beginning",
+        "--group-id",
+        group,
+        "--logfile",
+        str(logfile),
+        "--env-file",
+        NO_ENV_FILE,
+        *args,
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRun:
+    exit_code: int
+    wall_seconds: float  # process start to exit
+    max_rss_kib: int  # peak RSS of the pipeline process itself
+    summary: Summary | None
+    stdout: str
+    stderr: str
+
+
+def start_pipeline(
+    command: list[str], database: DatabaseSettings, workdir: Path, label: str
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start the pipeline under the peak-RSS launcher (see bench/peak_rss.py for why), its
+    output going to files in `workdir`; signals sent to the process reach the pipeline."""
+    launcher = [PYTHON, "-I", "-S", str(LAUNCHER), str(workdir / f"{label}.rss")]
+    with (workdir / f"{label}.out").open("w") as out, (workdir / f"{label}.err").open("w") as err:
+        started = time.monotonic()
+        process = subprocess.Popen(  # noqa: S603 - our own command line
+            [*launcher, *command], cwd=ROOT, env=child_env(database.name), stdout=out, stderr=err
+        )
+    return process, started
+
+
+def finish_pipeline(
+    process: subprocess.Popen[bytes], started: float, workdir: Path, label: str
+) -> PipelineRun:
+    """Wait for the pipeline's end and collect what it reported."""
+    exit_code = process.wait()
+    wall = time.monotonic() - started
+    stdout = (workdir / f"{label}.out").read_text(encoding="utf-8", errors="replace")
+    stderr = (workdir / f"{label}.err").read_text(encoding="utf-8", errors="replace")
+    rss = workdir / f"{label}.rss"
+    if not rss.exists():
+        raise BenchError(f"{label}: the pipeline's launcher failed: {stderr[-2000:]}")
+    max_rss = int(rss.read_text(encoding="utf-8"))
+    return PipelineRun(exit_code, wall, max_rss, parse_summary(stdout), stdout, stderr)
+
+
+def run_pipeline(
+    command: list[str], database: DatabaseSettings, workdir: Path, label: str
+) -> PipelineRun:
+    """Run the pipeline to its end."""
+    process, started = start_pipeline(command, database, workdir, label)
+    return finish_pipeline(process, started, workdir, label)
+
+
+def read_topic(kafka: KafkaSettings, topic: str, group: str) -> Iterator[KafkaMessage]:
+    """Every message the topic holds now, partition by partition in offset order."""
+    consumer = Consumer(
+        {
+            **client_config(kafka),
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        remaining = dict(ends)
+        while remaining:
+            for message in consumer.consume(10000, 1.0):
+                if message.error() is not None:
+                    raise BenchError(f"reading {topic} back: {message.error()}")
+                partition, offset = message.partition() or 0, message.offset() or 0
+                kind, timestamp = message.timestamp()
+                yield KafkaMessage(
+                    topic, partition, offset, message.value(), timestamp if kind else None
+                )
+                if offset + 1 >= ends[partition]:
+                    remaining.pop(partition, None)
+    finally:
+        consumer.close()
+
+
+def query(database: DatabaseSettings, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    conn = connect(database)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            rows: list[Any] = cur.fetchall()
+            return rows
+    finally:
+        conn.close()
+
+
+def stored_rows(database: DatabaseSettings) -> int:
+    """Rows across the three tables a message can land in."""
+    rows = query(
+        database,
+        "SELECT (SELECT count(*) FROM rating_interaction)"
+        " + (SELECT count(*) FROM request_interaction)"
+        " + (SELECT count(*) FROM rejected_message)",
+    )
+    return int(rows[0][0])
+
+
+def database_counts(database: DatabaseSettings) -> dict[str, dict[Any, int]]:
+    """What the database holds, shaped like `report_counts`."""
+    ratings = query(
+        database,
+        "SELECT e.public_id, r.rating_value, count(*) FROM rating_interaction"
+        " JOIN exhibition e USING (exhibition_id) JOIN rating r USING (rating_id) GROUP BY 1, 2",
+    )
+    requests = query(
+        database,
+        "SELECT e.public_id, q.request_value, count(*) FROM request_interaction"
+        " JOIN exhibition e USING (exhibition_id) JOIN request q USING (request_id) GROUP BY 1, 2",
+    )
+    rejected = query(database, "SELECT reason_code, count(*) FROM rejected_message GROUP BY 1")
+    return {
+        "ratings": {(p, v): n for p, v, n in ratings},
+        "requests": {(p, v): n for p, v, n in requests},
+        "rejected": dict(rejected),
+    }
+
+
+def report_counts(report: Mapping[str, Any]) -> dict[str, dict[Any, int]]:
+    """The simulator's report in the shape of `database_counts`, zeros left out."""
+    return {
+        "ratings": {
+            (p, int(v)): n
+            for p, values in report["ratings"].items()
+            for v, n in values.items()
+            if n
+        },
+        "requests": {
+            (p, int(v)): n
+            for p, values in report["requests"].items()
+            for v, n in values.items()
+            if n
+        },
+        "rejected": {code: n for code, n in report["rejected"].items() if n},
+    }
+
+
+def require_exactly(database: DatabaseSettings, report: Mapping[str, Any], who: str) -> None:
+    """Fail loudly unless the database holds exactly what the simulator acknowledged: a fast
+    wrong result is worthless."""
+    rows = stored_rows(database)
+    if rows != report["sent"]:
+        raise BenchError(f"{who}: {rows} rows stored for {report['sent']} messages sent")
+    if database_counts(database) != report_counts(report):
+        raise BenchError(f"{who}: the stored counts differ from the simulator's report")
+
+
+def fingerprint(database: DatabaseSettings) -> list[tuple[Any, ...]]:
+    """Per table, the row count and an order-independent hash of every stored column except
+    generated ids and the time of receipt: equal fingerprints mean the same rows."""
+    statements = [
+        "SELECT count(*), sum(hashtextextended(concat_ws('|', exhibition_id, rating_id,"
+        " event_at, kafka_topic, kafka_partition, kafka_offset), 0)) FROM rating_interaction",
+        "SELECT count(*), sum(hashtextextended(concat_ws('|', exhibition_id, request_id,"
+        " event_at, kafka_topic, kafka_partition, kafka_offset), 0)) FROM request_interaction",
+        "SELECT count(*), sum(hashtextextended(concat_ws('|', encode(raw, 'hex'), reason_code,"
+        " reason, kafka_timestamp, kafka_topic, kafka_partition, kafka_offset), 0))"
+        " FROM rejected_message",
+    ]
+    return [tuple(query(database, statement)[0]) for statement in statements]

@@ -1,0 +1,107 @@
+"""What the figures were measured on: cores, CPU, memory, versions, and the code's commit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import psycopg2
+
+from bench.local import ROOT, query
+from lmnh.config import DatabaseSettings
+
+_ENTRY_POINTS = ("kafka_pipeline.py", "kiosk_simulator.py", "schema.sql")
+
+
+def describe(database: DatabaseSettings) -> dict[str, Any]:
+    settings = dict(
+        query(
+            database,
+            "SELECT name, setting FROM pg_settings WHERE name IN"
+            " ('fsync', 'synchronous_commit', 'shared_buffers', 'max_wal_size')",
+        )
+    )
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": round(_memory_kib() / 1024 / 1024, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "confluent_kafka": _first(confluent_kafka.version()),
+        "librdkafka": _first(confluent_kafka.libversion()),
+        "psycopg2": psycopg2.__version__.split()[0],
+        "postgresql": query(database, "SHOW server_version")[0][0].split()[0],
+        "postgresql_settings": settings,
+        "kafka": _kafka_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def git_state() -> dict[str, Any]:
+    """The commit measured, and any files that differed from it (the working tree runs)."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(  # noqa: S603 - fixed arguments
+            ["git", *args],  # noqa: S607 - git from PATH, as a developer runs it
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return result.stdout.rstrip("\n")
+
+    changed = [
+        line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+    ]
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "modified_files": changed,
+        "code_sha256": code_digest(),
+    }
+
+
+def code_digest() -> str:
+    """A hash of the code the contenders run, to tell whether it changed during a run."""
+    digest = hashlib.sha256()
+    for path in sorted([*ROOT.glob("lmnh/*.py"), *(ROOT / name for name in _ENTRY_POINTS)]):
+        digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _first(version: object) -> str:
+    """confluent-kafka's version calls give a string, or (string, number) in some releases."""
+    return str(version[0]) if isinstance(version, tuple) else str(version)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_kib() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _kafka_version() -> str:
+    """The broker version the local stack pins (stack/pom.xml); it runs exactly that."""
+    pom = (ROOT / "stack" / "pom.xml").read_text(encoding="utf-8")
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
+    return match[1] if match else "unknown"

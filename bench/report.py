@@ -1,0 +1,158 @@
+"""Pure helpers for the benchmark's report: percentiles, the summary line, the printed table."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The pipeline's last line, e.g. "consumed 1000000, stored 830064 (...), 37.5 s, 26750 msg/s
+# while loading".
+_SUMMARY = re.compile(r"^consumed (\d+), .*, ([0-9.]+) s, (\d+) msg/s while loading$")
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the pipeline's summary line says about its own run."""
+
+    consumed: int
+    seconds: float
+    rate: float  # its own "msg/s while loading": first batch in to last commit
+
+
+def parse_summary(stdout: str) -> Summary | None:
+    """The pipeline's summary from its standard output, or None when no line matches."""
+    for line in reversed(stdout.splitlines()):
+        match = _SUMMARY.match(line.strip())
+        if match:
+            return Summary(int(match[1]), float(match[2]), float(match[3]))
+    return None
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least `share` of all values at or
+    below it (share 0.5 is the median, 1.0 the maximum). Needs at least one value."""
+    if not values:
+        raise ValueError("no values")
+    if not 0.0 < share <= 1.0:
+        raise ValueError("share must be above 0 and at most 1")
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(share * len(ordered))) - 1]
+
+
+def rate(messages: int, seconds: float) -> float:
+    """Messages per second; 0 when no time passed."""
+    return messages / seconds if seconds > 0 else 0.0
+
+
+def format_table(rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    """Rows as fixed-width columns, two spaces apart; `right[i]` right-aligns column i (for
+    numbers). The first row is the header, underlined with dashes."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(right))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(width) if align else cell.ljust(width)
+            for cell, width, align in zip(cells, widths, right, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(rows[0]), rule, *(line(row) for row in rows[1:])])
+
+
+def thousands(value: float) -> str:
+    """A count or a rate as people read it: 26,750."""
+    return f"{value:,.0f}"
+
+
+def mib(kib: int) -> str:
+    """ru_maxrss (KiB on Linux) in MiB, one decimal."""
+    return f"{kib / 1024:.1f} MiB"
+
+
+def parse_sizes(text: str) -> list[int]:
+    """`--memory`: a comma list of message counts ("100000,1000000"); empty means none."""
+    sizes = []
+    for part in text.replace("_", "").split(","):
+        if part.strip():
+            size = int(part)
+            if size <= 0:
+                raise ValueError(f"{part.strip()} is not a positive message count")
+            sizes.append(size)
+    return sizes
+
+
+_CONTENDERS = (
+    ("baseline", "baseline (original design)"),
+    ("ours", "ours (kafka_pipeline.py)"),
+    ("database_ceiling", "ceiling: database (COPY)"),
+    ("kafka_ceiling", "ceiling: Kafka (consume)"),
+)
+
+
+def render(result: Mapping[str, Any]) -> str:
+    """The run's figures as one fixed-width table, then the derived figures below it."""
+    contenders = result["contenders"]
+    rows = [["contender", "messages", "seconds", "msg/s", "how"]]
+    for key, label in _CONTENDERS:
+        figures = contenders.get(key)
+        if figures is None:
+            continue
+        rows.append(
+            [
+                label,
+                thousands(figures["messages"]),
+                f"{figures['seconds']:.1f}",
+                thousands(figures["messages_per_second"]),
+                figures["how"],
+            ]
+        )
+    lines = [format_table(rows, [False, True, True, True, False]), ""]
+
+    facts: list[list[str]] = [["figure", "value"]]
+    ratios = result["ratios"]
+    if ratios.get("ours_over_baseline") is not None:
+        facts.append(["ours ÷ baseline", f"{ratios['ours_over_baseline']:.1f}x"])
+    if ratios.get("ours_over_min_ceiling_percent") is not None:
+        facts.append(
+            [
+                "ours ÷ min(ceilings)",
+                f"{ratios['ours_over_min_ceiling_percent']:.1f}%"
+                f" (the lower ceiling is {ratios['limiting_ceiling']})",
+            ]
+        )
+    if "ours" in contenders:
+        facts.append(["peak RSS of ours", mib(contenders["ours"]["peak_rss_kib"])])
+    freshness = result.get("freshness")
+    if freshness:
+        facts.append(
+            [
+                f"freshness ({thousands(freshness['rate'])} msg/s, {freshness['seconds']:g} s)",
+                f"p50 {freshness['p50_ms']:.0f} ms, p99 {freshness['p99_ms']:.0f} ms,"
+                f" max {freshness['max_ms']:.0f} ms"
+                f" (production to commit, {freshness['resolution_ms']:.0f} ms polls)",
+            ]
+        )
+    if result.get("memory"):
+        series = ", ".join(
+            f"{thousands(point['messages'])}: {mib(point['peak_rss_kib'])}"
+            for point in result["memory"]
+        )
+        facts.append(["peak RSS of ours by run size", series])
+    machine = result["machine"]
+    facts.append(
+        [
+            "machine",
+            f"{machine['cores']} cores ({machine['cpu_model']}), {machine['memory_gib']} GiB;"
+            f" Python {machine['python']}, confluent-kafka {machine['confluent_kafka']}"
+            f" (librdkafka {machine['librdkafka']}), PostgreSQL {machine['postgresql']},"
+            f" Kafka {machine['kafka']}",
+        ]
+    )
+    lines.append(format_table(facts, [False, False]))
+    return "\n".join(lines)
