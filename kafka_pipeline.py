@@ -79,6 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="without --follow, stop once no message has arrived for this long (default: 10)",
     )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long to wait for the broker and the database at start (default: 15)",
+    )
     parser.add_argument("--env-file", type=Path, help="read settings from this file, not .env")
     return parser.parse_args(argv)
 
@@ -100,15 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = Pipeline(store, options, _log_rejected, stop)
     source: KafkaSource | None = None
     try:
-        store.check()
+        store.check(args.startup_timeout)
         source = KafkaSource(
             settings.kafka,
             args.topic,
             args.group_id or settings.kafka.group_id,
             from_beginning=args.from_beginning,
             start_offsets=pipeline.start_offsets,
+            before_revoke=pipeline.drain,
         )
-        source.check()
+        source.check(args.startup_timeout)
         source.subscribe()
         stats = pipeline.run(source)
     except FatalError as error:
@@ -139,19 +147,19 @@ def _configure_logging(logfile: Path | None) -> None:
         rejected_log.propagate = False
 
 
-def _log_rejected(message: KafkaMessage, rejection: Rejection) -> None:
-    raw = b"" if message.value is None else message.value
-    shown = raw[:_RAW_SHOWN_BYTES].decode("utf-8", "backslashreplace")
-    more = f" (+{len(raw) - _RAW_SHOWN_BYTES} bytes)" if len(raw) > _RAW_SHOWN_BYTES else ""
-    rejected_log.warning(
-        "invalid %s[%d]@%d %s | %r%s",
-        message.topic,
-        message.partition,
-        message.offset,
-        rejection,
-        shown,
-        more,
-    )
+def _log_rejected(rejected: list[tuple[KafkaMessage, Rejection]]) -> None:
+    """One log record per batch, a line per invalid message: a record each would cost more
+    than validating the message."""
+    lines = []
+    for message, rejection in rejected:
+        raw = b"" if message.value is None else message.value
+        shown = raw[:_RAW_SHOWN_BYTES].decode("utf-8", "backslashreplace")
+        more = f" (+{len(raw) - _RAW_SHOWN_BYTES} bytes)" if len(raw) > _RAW_SHOWN_BYTES else ""
+        lines.append(
+            f"invalid {message.topic}[{message.partition}]@{message.offset}"
+            f" {rejection} | {shown!r}{more}"
+        )
+    rejected_log.warning("%s", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ class KafkaSettings:
     sasl_password: Secret | None
     ssl_ca_location: str | None
     group_id: str
+    max_poll_interval_ms: int  # the longest a consumer may go without polling
     local: bool  # True when the project's own local broker is meant
 
 
@@ -146,6 +147,7 @@ def load_config(env: Mapping[str, str]) -> Settings:
         sasl_password=Secret(password) if password and protocol.startswith("SASL") else None,
         ssl_ca_location=get("SSL_CA_LOCATION"),
         group_id=get("KAFKA_GROUP_ID") or "lmnh-pipeline",
+        max_poll_interval_ms=integer("KAFKA_MAX_POLL_INTERVAL_MS", 300_000, 10_000, 86_400_000),
         local=bootstrap is None,
     )
 

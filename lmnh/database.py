@@ -13,6 +13,7 @@ from lmnh.errors import ExitCode, FatalError, TransientError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
 VIEWS_FILE = SCHEMA_FILE.parent / "dashboard" / "views.sql"
+ROLES_FILE = SCHEMA_FILE.parent / "roles.sql"  # grants on all of the above, so it comes last
 # Everything schema.sql and views.sql create, children before parents, for --reset.
 TABLES = (
     "rating_rollup",
@@ -90,6 +91,7 @@ def apply_schema(conn: Connection) -> None:
     with conn, conn.cursor() as cur:
         cur.execute(SCHEMA_FILE.read_text(encoding="utf-8"))
         cur.execute(VIEWS_FILE.read_text(encoding="utf-8"))
+        cur.execute(ROLES_FILE.read_text(encoding="utf-8"))
 
 
 def table_row_counts(conn: Connection) -> dict[str, int]:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from lmnh.config import KafkaSettings
 from lmnh.errors import ExitCode, FatalError
@@ -42,13 +42,16 @@ class KafkaSource:
         *,
         from_beginning: bool,
         start_offsets: StartOffsets,
+        before_revoke: Callable[[], None],
         queue_kbytes: int = 16384,
     ) -> None:
         self.topic = topic
         self._kafka = kafka
         self._start_offsets = start_offsets
+        self._before_revoke = before_revoke
         self._fatal: FatalError | None = None
         self._revoked: set[int] = set()
+        self._carry: list[KafkaMessage] = []  # fetched while holding, not yet in a batch
         self.rebalanced_at: float | None = None  # monotonic time of the last assign or revoke
         self._lock = threading.Lock()
         self._consumer = Consumer(
@@ -61,6 +64,7 @@ class KafkaSource:
                 # A crashed member holds its partitions until its session expires: 10 s, not 45.
                 "session.timeout.ms": 10000,
                 "heartbeat.interval.ms": 3000,
+                "max.poll.interval.ms": kafka.max_poll_interval_ms,
                 # Bounds librdkafka's prefetch queue, and so the process's memory.
                 "queued.max.messages.kbytes": queue_kbytes,
                 "queued.min.messages": 10000,
@@ -101,8 +105,8 @@ class KafkaSource:
     ) -> list[KafkaMessage]:
         """Up to `max_messages` messages, returned when full, when `max_wait_s` has passed
         since the first one arrived, or when `stop` is set."""
-        batch: list[KafkaMessage] = []
-        deadline: float | None = None
+        batch, self._carry = self._carry[:max_messages], self._carry[max_messages:]
+        deadline = time.monotonic() + max_wait_s if batch else None
         while len(batch) < max_messages and not stop.is_set():
             remaining = _CONSUME_SLICE_S if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
@@ -110,32 +114,27 @@ class KafkaSource:
             polled = self._consumer.consume(
                 max_messages - len(batch), min(remaining, _CONSUME_SLICE_S)
             )
-            self._raise_if_fatal()
-            with self._lock:
-                if self._revoked:
-                    # Partitions taken away while accumulating: their new owner reads them.
-                    batch = [m for m in batch if m.partition not in self._revoked]
-                    self._revoked.clear()
-            for message in polled:
-                error = message.error()
-                if error is not None:
-                    self._message_error(error)
-                    continue
-                batch.append(
-                    KafkaMessage(
-                        self.topic,
-                        message.partition() or 0,  # always set on a consumed message
-                        message.offset() or 0,
-                        message.value(),
-                        _timestamp_ms(message.timestamp()),
-                    )
-                )
+            batch = self._keep(batch, polled)
             if deadline is None:
                 if batch:
                     deadline = time.monotonic() + max_wait_s
                 elif not polled:
                     break  # an idle slice: let the caller look at the clock and the stop flag
         return batch
+
+    def hold(self) -> None:
+        """Stay in the group without taking more messages, while the database is slow or away.
+
+        Pausing the assignment stops fetching; consuming then serves heartbeats, rebalance
+        callbacks and the poll deadline (`max.poll.interval.ms`), which would otherwise expel
+        us. Anything still returned is kept for the next batch.
+        """
+        self._consumer.pause(self._consumer.assignment())
+        self._carry = self._keep(self._carry, self._consumer.consume(100, 0))
+
+    def release(self) -> None:
+        """Fetch again after `hold`, from where the application stopped reading."""
+        self._consumer.resume(self._consumer.assignment())
 
     def commit(self, messages: Iterable[KafkaMessage]) -> None:
         """Commit, after the database has, the offset following each partition's last message.
@@ -165,6 +164,30 @@ class KafkaSource:
         if closer.is_alive():
             log.warning("Kafka consumer did not close within %.0f s", _CLOSE_TIMEOUT_S)
 
+    def _keep(self, kept: list[KafkaMessage], polled: list[Message]) -> list[KafkaMessage]:
+        """Add polled messages to `kept`, dropping those of partitions revoked meanwhile
+        (their new owner reads them)."""
+        self._raise_if_fatal()
+        with self._lock:
+            if self._revoked:
+                kept = [m for m in kept if m.partition not in self._revoked]
+                self._revoked.clear()
+        for message in polled:
+            error = message.error()
+            if error is not None:
+                self._message_error(error)
+                continue
+            kept.append(
+                KafkaMessage(
+                    self.topic,
+                    message.partition() or 0,  # always set on a consumed message
+                    message.offset() or 0,
+                    message.value(),
+                    _timestamp_ms(message.timestamp()),
+                )
+            )
+        return kept
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         known = self._start_offsets(self.topic, [tp.partition for tp in partitions])
         for tp in partitions:
@@ -188,6 +211,7 @@ class KafkaSource:
         self.rebalanced_at = time.monotonic()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._before_revoke()
         with self._lock:
             self._revoked.update(tp.partition for tp in partitions)
         self.rebalanced_at = time.monotonic()

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _UNKNOWN_KEY_CODES = {Reason.INVALID_SITE, Reason.INVALID_VAL, Reason.INVALID_TYPE}
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
+_HOLD_CHECK_S = 1.0  # how often a wait for the writer also serves the consumer group
 T = TypeVar("T")
 
 
@@ -44,6 +45,8 @@ class MessageSource(Protocol):
         self, max_messages: int, max_wait_s: float, stop: threading.Event
     ) -> list[KafkaMessage]: ...
     def commit(self, messages: Sequence[KafkaMessage]) -> None: ...
+    def hold(self) -> None: ...
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,7 @@ class Pipeline:
         self,
         store: Store,
         options: RunOptions,
-        on_rejected: Callable[[KafkaMessage, Rejection], None],
+        on_rejected: Callable[[list[tuple[KafkaMessage, Rejection]]], None],
         stop: threading.Event,
     ) -> None:
         self._stop = stop
@@ -122,6 +125,9 @@ class Pipeline:
         self._on_rejected = on_rejected
         self._reference: Reference | None = None
         self._reference_loaded = 0.0
+        self._in_flight: _Write | None = None
+        self._source: MessageSource
+        self._stats = RunStats()
 
     def start_offsets(self, topic: str, partitions: list[int]) -> Mapping[int, int]:
         """Where each partition resumes: the database's record of how far it has loaded."""
@@ -129,31 +135,41 @@ class Pipeline:
 
     def run(self, source: MessageSource) -> RunStats:
         """Load until the limit, idleness or a stop; a stop finishes the batch in hand."""
-        stats = RunStats()
+        self._source = source
+        self._stats = RunStats()
         try:
-            self._loop(source, stats)
+            self._loop(source)
         except Stopped:
             log.warning(
                 "stopped while the database was unavailable: the batch in hand was"
                 " not stored and its offsets not committed"
             )
-        return stats
+        return self._stats
 
-    def _loop(self, source: MessageSource, stats: RunStats) -> None:
+    def drain(self) -> None:
+        """Store and commit the batch in flight now. Called before partitions are taken away,
+        so that their next owner starts after it instead of reading it again."""
+        if self._in_flight is not None:
+            write, self._in_flight = self._in_flight, None
+            self._finish(write, may_hold=False)  # inside a rebalance callback: no polling
+
+    def _loop(self, source: MessageSource) -> None:
         """Fetch and validate batch N+1 while a writer thread stores batch N.
 
         Kafka offsets of a batch are committed only once its transaction has committed, and
         every consumer call stays on this thread (rebalance callbacks run inside them).
         """
         options = self._options
-        last_message = last_progress = time.monotonic()
-        in_flight: _Write | None = None
+        stats = self._stats
+        # Idleness counts from the last message or the last stored batch: a wait for a slow
+        # database is not idleness.
+        last_activity = last_progress = time.monotonic()
         with ThreadPoolExecutor(1, thread_name_prefix="lmnh-writer") as writer:
             try:
                 while not self._stop.is_set():
                     wanted = options.batch_size
                     if options.limit is not None:
-                        held = in_flight.size if in_flight else 0
+                        held = self._in_flight.size if self._in_flight else 0
                         wanted = min(wanted, options.limit - stats.consumed - held)
                         if wanted <= 0:
                             break
@@ -161,30 +177,30 @@ class Pipeline:
                     now = time.monotonic()
                     # A stop during the fetch still stores what was fetched: never half a batch.
                     if messages:
-                        last_message = now
+                        last_activity = now
                         outcomes = self._validate(messages, datetime.now(UTC))
-                    if in_flight is not None:
-                        write, in_flight = in_flight, None
-                        self._finish(source, write, stats)
+                    if self._in_flight is not None:
+                        write, self._in_flight = self._in_flight, None
+                        self._finish(write)
+                        last_activity = max(last_activity, time.monotonic())
                     if messages:
-                        in_flight = self._submit(writer, messages, outcomes, now)
-                    elif self._idle(source, last_message, now):
+                        self._in_flight = self._submit(writer, messages, outcomes, now)
+                    elif self._idle(source, last_activity, now):
                         log.info("no message for %.0f s: caught up", options.idle_timeout_s)
                         break
                     if now - last_progress >= options.progress_interval_s:
                         last_progress = now
                         log.info("progress: %s", stats.summary())
             finally:
-                if in_flight is not None:  # finish it even on a stop or an error: it is whole
-                    self._finish(source, in_flight, stats)
+                self.drain()  # finish it even on a stop or an error: it is whole
 
-    def _idle(self, source: MessageSource, last_message: float, now: float) -> bool:
-        """Idle: nothing for `idle_timeout_s` since the last message or rebalance. Joining the
+    def _idle(self, source: MessageSource, last_activity: float, now: float) -> bool:
+        """Idle: nothing for `idle_timeout_s` since the last activity or rebalance. Joining the
         group does not count: it may wait out a crashed member's session."""
         timeout = self._options.idle_timeout_s
         if timeout is None or source.rebalanced_at is None:
             return False
-        return now - max(last_message, source.rebalanced_at) >= timeout
+        return now - max(last_activity, source.rebalanced_at) >= timeout
 
     def _submit(
         self,
@@ -203,14 +219,28 @@ class Pipeline:
         )
         return _Write(result, messages, outcomes, arrived_at)
 
-    def _finish(self, source: MessageSource, write: _Write, stats: RunStats) -> None:
+    def _finish(self, write: _Write, *, may_hold: bool = True) -> None:
         """Wait for a batch's transaction, then commit its offsets to Kafka and log rejects."""
-        result = write.result.result()
+        source = self._source
+        held = False
+        while True:
+            try:
+                result = write.result.result(timeout=_HOLD_CHECK_S if may_hold else None)
+                break
+            except TimeoutError:  # the database is slow or away: stay in the group meanwhile
+                source.hold()
+                held = True
+        if held:
+            source.release()
         source.commit(write.messages)
-        stats.add(result, write.size, write.arrived_at)
-        for message, outcome in zip(write.messages, write.outcomes, strict=True):
-            if isinstance(outcome, Rejection):
-                self._on_rejected(message, outcome)
+        self._stats.add(result, write.size, write.arrived_at)
+        rejected = [
+            (message, outcome)
+            for message, outcome in zip(write.messages, write.outcomes, strict=True)
+            if isinstance(outcome, Rejection)
+        ]
+        if rejected:
+            self._on_rejected(rejected)
 
     def _validate(self, messages: list[KafkaMessage], now: datetime) -> list[Outcome]:
         reference = self._current_reference()

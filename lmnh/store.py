@@ -9,7 +9,9 @@ lands once, in a fact table or in `rejected_message`, whichever process loads it
 from __future__ import annotations
 
 import io
+import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,8 +21,15 @@ from psycopg2.extensions import connection as Connection
 
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect, require_schema
+from lmnh.errors import TransientError
 from lmnh.events import KafkaMessage, Outcome, RatingEvent, Rejection, RequestEvent
 from lmnh.reference import Reference
+
+log = logging.getLogger(__name__)
+
+# Bytes handed to COPY per read. Each read re-takes the GIL, which the validating main thread
+# holds for up to the switch interval (5 ms): psycopg2's 8 KiB default stalls the writer.
+_COPY_CHUNK = 4 << 20
 
 # COPY's text format: backslash, tab and line breaks are escaped; NUL cannot be stored in text.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": ""})
@@ -54,9 +63,25 @@ class Store:
                 self._connections[thread] = conn
         return conn
 
-    def check(self) -> None:
-        """Fail fast, with a clear error, when the database or the schema is missing."""
-        require_schema(self._connection())
+    def check(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for the database to accept us, then require the schema.
+
+        A server that is still starting is waited for; one that stays away, refuses the login
+        or lacks the schema is reported with a clear error.
+        """
+        deadline = time.monotonic() + wait_s
+        delay = 0.5
+        while True:
+            try:
+                conn = self._connection()
+                break
+            except TransientError as error:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s; waiting up to %.0f s", error, deadline - time.monotonic())
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        require_schema(conn)
 
     def reset_connection(self) -> None:
         """Drop this thread's connection after an error; its next call opens a fresh one."""
@@ -173,6 +198,7 @@ class Store:
                         f"COPY {table} ({columns}, event_at, kafka_topic, kafka_partition,"
                         " kafka_offset) FROM STDIN",
                         buffer,
+                        _COPY_CHUNK,
                     )
             if rejected_codes:
                 rejected.seek(0)
@@ -180,6 +206,7 @@ class Store:
                     "COPY rejected_message (raw, reason_code, reason, kafka_timestamp,"
                     " received_at, kafka_topic, kafka_partition, kafka_offset) FROM STDIN",
                     rejected,
+                    _COPY_CHUNK,
                 )
             cur.execute(
                 "UPDATE kafka_offset AS o SET next_offset = v.next_offset, updated_at = now()"

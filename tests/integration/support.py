@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
 from psycopg2 import sql
 
 from lmnh.config import Settings
 from lmnh.database import connect
+from lmnh.kafka_admin import client_config
+from lmnh.kafka_producer import AckedProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -67,6 +72,67 @@ class Target:
             "3",
             *args,
         ]
+
+    def history(self, count: int, seed: int, *args: str) -> dict[str, Any]:
+        """Simulated history, the same on every run for a given seed."""
+        return self.simulate(
+            "--count",
+            str(count),
+            "--seed",
+            str(seed),
+            "--backfill",
+            "60",
+            "--until",
+            HISTORY_UNTIL,
+            *args,
+        )
+
+    def start_pipeline(
+        self, output: Path, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """The pipeline as a background process, writing everything it says to `output`
+        (a pipe could fill up and stall it)."""
+        with output.open("ab") as sink:
+            return subprocess.Popen(
+                self.pipeline_command(*args),
+                cwd=ROOT,
+                env={**self.env, **(env or {})},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+
+    def produce(self, values: Sequence[bytes], topic: str | None = None) -> None:
+        """Send raw values, as a kiosk or an attacker would, and wait for every ack."""
+        acked: list[None] = []
+        producer = AckedProducer[None](self.settings.kafka, topic or self.topic, acked.append)
+        for value in values:
+            producer.send(value, None)
+        producer.finish(60)
+        assert len(acked) == len(values), producer.first_failure
+
+    def wait_until_loaded(self, count: int, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.loaded() < count:
+            assert time.monotonic() < deadline, f"only {self.loaded()} of {count} loaded"
+            time.sleep(0.2)
+
+    def loaded(self) -> int:
+        """Messages loaded so far, by the database's own record of its offsets."""
+        rows = self.query("SELECT coalesce(sum(next_offset), 0) FROM kafka_offset")
+        return int(rows[0][0])
+
+    def database_offsets(self) -> dict[int, int]:
+        return dict(self.query("SELECT kafka_partition, next_offset FROM kafka_offset"))
+
+    def committed_offsets(self, group: str) -> dict[int, int]:
+        """What `group` has committed to Kafka, per partition."""
+        consumer = Consumer({**client_config(self.settings.kafka), "group.id": group})
+        try:
+            partitions = [TopicPartition(self.topic, p) for p in range(6)]
+            committed = consumer.committed(partitions, timeout=10)
+        finally:
+            consumer.close()
+        return {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         conn = connect(self.settings.database)
@@ -182,3 +248,22 @@ def admin(settings: Settings, statement: sql.Composable) -> None:
             cur.execute(statement)
     finally:
         conn.close()
+
+
+def consumed(summary: str) -> int:
+    """The count in the pipeline's summary line."""
+    match = re.search(r"consumed (\d+)", summary)
+    assert match, summary
+    return int(match.group(1))
+
+
+def replayed(summary: str) -> int:
+    """Messages a run read again but found already stored (after a rebalance or a crash)."""
+    match = re.search(r"already stored (\d+)", summary)
+    return int(match.group(1)) if match else 0
+
+
+def stack(*args: str) -> tuple[int, str]:
+    """Run `python -m stack ...` on the local defaults."""
+    result = run([PYTHON, "-m", "stack", *args, "--env-file", NO_ENV_FILE], clean_env())
+    return result.returncode, result.stdout + result.stderr

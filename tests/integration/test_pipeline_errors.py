@@ -28,7 +28,7 @@ def exit_code(failure: str) -> int:
 
 
 def test_unreachable_broker(target: Target) -> None:
-    failure = fails(target, {"BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    failure = fails(target, {"BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "--startup-timeout", "2")
     assert exit_code(failure) == ExitCode.BROKER_UNREACHABLE
     assert "unreachable" in failure
 
@@ -66,7 +66,7 @@ def test_the_right_sasl_password_loads_everything(target: Target) -> None:
 
 
 def test_unreachable_database(target: Target) -> None:
-    failure = fails(target, {"DB_PORT": "1"})
+    failure = fails(target, {"DB_PORT": "1"}, "--startup-timeout", "2")
     assert exit_code(failure) == ExitCode.DATABASE_UNREACHABLE
     assert "database unreachable" in failure
 

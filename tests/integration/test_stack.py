@@ -6,14 +6,9 @@ import pytest
 
 from lmnh.errors import ExitCode
 from lmnh.kafka_admin import topic_message_count
-from tests.integration.support import NO_ENV_FILE, PYTHON, Target, clean_env, run
+from tests.integration.support import Target, stack
 
 pytestmark = pytest.mark.integration
-
-
-def stack(*args: str) -> tuple[int, str]:
-    result = run([PYTHON, "-m", "stack", *args, "--env-file", NO_ENV_FILE], clean_env())
-    return result.returncode, result.stdout + result.stderr
 
 
 def test_up_twice_is_fine_and_says_so() -> None:

@@ -1,0 +1,117 @@
+"""Security basics: least-privilege roles, and secrets that never show."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from lmnh.config import (
+    LOCAL_KAFKA_SASL,
+    LOCAL_KAFKA_SASL_PASSWORD,
+    LOCAL_KAFKA_SASL_USER,
+    DatabaseSettings,
+    Secret,
+)
+from lmnh.database import connect
+from tests.integration.support import HISTORY_UNTIL, Target, admin, assert_exactly_once, run
+
+pytestmark = pytest.mark.integration
+
+
+MakeLogin = Callable[[str], DatabaseSettings]
+
+
+@pytest.fixture
+def login(target: Target) -> Iterator[MakeLogin]:
+    """Makes fresh login users holding a given group role; drops them afterwards."""
+    created: list[str] = []
+
+    def make(role: str) -> DatabaseSettings:
+        name = f"user_{uuid.uuid4().hex[:10]}"
+        password = f"pw-{uuid.uuid4().hex}"
+        admin(
+            target.settings,
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                sql.Identifier(name), sql.Literal(password), sql.Identifier(role)
+            ),
+        )
+        created.append(name)
+        return replace(target.settings.database, username=name, password=Secret(password))
+
+    yield make
+    for name in created:
+        admin(target.settings, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def denied(db: DatabaseSettings, statement: str) -> bool:
+    conn = connect(db)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement)
+    except psycopg2.errors.InsufficientPrivilege:
+        return True
+    finally:
+        conn.close()
+    return False
+
+
+def test_the_pipeline_role_loads_but_cannot_change_or_delete(
+    target: Target, login: MakeLogin
+) -> None:
+    etl = login("lmnh_pipeline")
+    report = target.simulate(
+        "--count", "2000", "--seed", "41", "--backfill", "5", "--until", HISTORY_UNTIL
+    )
+    env = {"DB_USERNAME": etl.username, "DB_PASSWORD": etl.password.reveal()}
+    result = run(target.pipeline_command(), {**target.env, **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert etl.password.reveal() not in result.stdout + result.stderr
+    assert_exactly_once(target, report)
+    for statement in (
+        "DELETE FROM rating_interaction",
+        "UPDATE rejected_message SET reason = 'fine'",
+        "TRUNCATE request_interaction",
+        "INSERT INTO exhibition (exhibition_name, exhibition_description, department_id,"
+        " floor_id, exhibition_start_date, public_id) VALUES ('x', 'x', 1, 1, '2020-01-01',"
+        " 'EXH_99')",
+        "DROP TABLE rating_interaction",
+    ):
+        assert denied(etl, statement), statement
+
+
+def test_the_reader_role_only_reads(target: Target, login: MakeLogin) -> None:
+    reader = login("lmnh_reader")
+    conn = connect(reader)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM exhibition")
+        assert cur.fetchone() == (6,)
+    conn.close()
+    assert denied(reader, "INSERT INTO rating (rating_value, rating_description) VALUES (4, 'x')")
+    assert denied(reader, "DELETE FROM rejected_message")
+
+
+def test_no_configured_secret_appears_in_any_output(target: Target) -> None:
+    db_password = target.settings.database.password.reveal()
+    env = {
+        "BOOTSTRAP_SERVERS": LOCAL_KAFKA_SASL,
+        "SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SASL_USERNAME": LOCAL_KAFKA_SASL_USER,
+        "SASL_PASSWORD": LOCAL_KAFKA_SASL_PASSWORD,
+        "DB_PASSWORD": db_password,
+    }
+    target.simulate("--count", "300", "--seed", "42", "--backfill", "2", "--until", HISTORY_UNTIL)
+    outputs = [
+        run(target.pipeline_command(), {**target.env, **env}),
+        run(target.pipeline_command("--help"), {**target.env, **env}),
+        run(target.pipeline_command(), {**target.env, **env, "SASL_PASSWORD": "wrong-secret-77"}),
+        run(target.pipeline_command(), {**target.env, **env, "DB_PASSWORD": "wrong-secret-88"}),
+    ]
+    text = "".join(result.stdout + result.stderr for result in outputs)
+    for secret in (LOCAL_KAFKA_SASL_PASSWORD, db_password, "wrong-secret-77", "wrong-secret-88"):
+        assert secret not in text
+    assert outputs[0].returncode == 0
