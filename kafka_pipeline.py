@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "database has loaded before always resume where it stopped)",
     )
     parser.add_argument(
-        "--batch-size", type=positive_int, default=5000, help="messages per transaction"
+        "--batch-size", type=positive_int, default=10000, help="messages per transaction"
     )
     parser.add_argument(
         "--batch-timeout-ms",

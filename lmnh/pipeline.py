@@ -52,7 +52,7 @@ class MessageSource(Protocol):
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     limit: int | None  # stop after this many messages; None: no limit
-    batch_size: int = 5000
+    batch_size: int = 10_000
     batch_timeout_s: float = 0.5
     idle_timeout_s: float | None = 10.0  # stop when nothing arrives for this long; None: never
     progress_interval_s: float = 10.0
