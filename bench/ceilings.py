@@ -8,35 +8,19 @@ import io
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from confluent_kafka import Consumer
 
 from bench.local import BenchError
 from lmnh.config import DatabaseSettings, KafkaSettings
 from lmnh.database import connect
-from lmnh.events import KafkaMessage, Outcome, RatingEvent, Rejection, RequestEvent
+from lmnh.events import KafkaMessage, Outcome
 from lmnh.kafka_admin import client_config
 from lmnh.reference import Reference
+from lmnh.store import COPY_STATEMENTS, copy_row
 
 COPY_CHUNK = 100_000  # messages per transaction of the database ceiling
-
-# The same COPY text format, columns and escapes as lmnh/store.py writes (re-created here
-# because the store builds its rows inside its batch transaction; the run checks that both
-# databases end up holding identical rows).
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": ""})
-_COPY_RATINGS = (
-    "COPY rating_interaction (exhibition_id, rating_id, event_at, kafka_topic,"
-    " kafka_partition, kafka_offset) FROM STDIN"
-)
-_COPY_REQUESTS = (
-    "COPY request_interaction (exhibition_id, request_id, event_at, kafka_topic,"
-    " kafka_partition, kafka_offset) FROM STDIN"
-)
-_COPY_REJECTED = (
-    "COPY rejected_message (raw, reason_code, reason, kafka_timestamp, received_at,"
-    " kafka_topic, kafka_partition, kafka_offset) FROM STDIN"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,35 +36,6 @@ class CopyChunk:
     ratings: str
     requests: str
     rejected: str
-
-
-def copy_row(
-    message: KafkaMessage, outcome: Outcome, reference: Reference, received: str
-) -> tuple[int, str]:
-    """The table (0 ratings, 1 requests, 2 rejected) and the COPY line of one message."""
-    coordinates = f"{message.topic}\t{message.partition}\t{message.offset}\n"
-    if isinstance(outcome, RatingEvent):
-        exhibition = reference.exhibition_ids[outcome.exhibition_public_id]
-        rating = reference.rating_ids[outcome.rating_value]
-        return 0, f"{exhibition}\t{rating}\t{outcome.at.isoformat()}\t{coordinates}"
-    if isinstance(outcome, RequestEvent):
-        exhibition = reference.exhibition_ids[outcome.exhibition_public_id]
-        request = reference.request_ids[outcome.request_value]
-        return 1, f"{exhibition}\t{request}\t{outcome.at.isoformat()}\t{coordinates}"
-    return 2, _rejected_row(message, outcome, received, coordinates)
-
-
-def _rejected_row(
-    message: KafkaMessage, rejection: Rejection, received: str, coordinates: str
-) -> str:
-    raw = "\\N" if message.value is None else "\\\\x" + message.value.hex()
-    kafka_time = (
-        "\\N"
-        if message.timestamp_ms is None
-        else datetime.fromtimestamp(message.timestamp_ms / 1000, UTC).isoformat()
-    )
-    reason = rejection.detail.translate(_COPY_ESCAPES)
-    return f"{raw}\t{rejection.code.value}\t{reason}\t{kafka_time}\t{received}\t{coordinates}"
 
 
 def build_chunks(
@@ -117,9 +72,9 @@ def database_ceiling(database: DatabaseSettings, chunks: Iterable[CopyChunk]) ->
         for chunk in chunks:
             with conn, conn.cursor() as cur:
                 for statement, text in (
-                    (_COPY_RATINGS, chunk.ratings),
-                    (_COPY_REQUESTS, chunk.requests),
-                    (_COPY_REJECTED, chunk.rejected),
+                    (COPY_STATEMENTS[0], chunk.ratings),
+                    (COPY_STATEMENTS[1], chunk.requests),
+                    (COPY_STATEMENTS[2], chunk.rejected),
                 ):
                     if text:
                         cur.copy_expert(statement, io.StringIO(text))

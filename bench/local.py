@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg2 import sql
 
 from bench.report import Summary, parse_summary
-from lmnh.config import DatabaseSettings, KafkaSettings, Settings, load_config
+from lmnh.config import VARIABLES, DatabaseSettings, KafkaSettings, Settings, load_config
 from lmnh.database import apply_schema, connect
 from lmnh.events import KafkaMessage
 from lmnh.kafka_admin import client_config, delete_topic, ensure_topic
@@ -35,24 +35,6 @@ NO_ENV_FILE = "/dev/null"
 HISTORY_UNTIL = "2026-11-20T18:00:00+00:00"
 PARTITIONS = 6
 LAUNCHER = ROOT / "bench" / "peak_rss.py"
-_PROJECT_VARIABLES = frozenset(
-    {
-        "BOOTSTRAP_SERVERS",
-        "SECURITY_PROTOCOL",
-        "SASL_MECHANISM",
-        "SASL_USERNAME",
-        "SASL_PASSWORD",
-        "SSL_CA_LOCATION",
-        "KAFKA_GROUP_ID",
-        "KAFKA_PARTITIONS",
-        "DB_HOST",
-        "DB_PORT",
-        "DB_NAME",
-        "DB_USERNAME",
-        "DB_PASSWORD",
-        "DB_SSLMODE",
-    }
-)
 
 
 class BenchError(Exception):
@@ -66,7 +48,7 @@ def local_settings() -> Settings:
 
 def child_env(database: str | None = None) -> dict[str, str]:
     """The environment for a child command: the local stack's defaults, and `database`."""
-    env = {k: v for k, v in os.environ.items() if k not in _PROJECT_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
     if database is not None:
         env["DB_NAME"] = database
     return env

@@ -28,6 +28,26 @@ LOCAL_DB_NAME = "lmnh"
 LOCAL_DB_USERNAME = "lmnh"
 LOCAL_DB_PASSWORD = "lmnh-local"  # noqa: S105 - the local server's documented password
 
+# Every variable load_config reads (documented in .env.example).
+VARIABLES = frozenset(
+    {
+        "BOOTSTRAP_SERVERS",
+        "SECURITY_PROTOCOL",
+        "SASL_MECHANISM",
+        "SASL_USERNAME",
+        "SASL_PASSWORD",
+        "SSL_CA_LOCATION",
+        "KAFKA_GROUP_ID",
+        "KAFKA_MAX_POLL_INTERVAL_MS",
+        "KAFKA_PARTITIONS",
+        "DB_HOST",
+        "DB_PORT",
+        "DB_NAME",
+        "DB_USERNAME",
+        "DB_PASSWORD",
+        "DB_SSLMODE",
+    }
+)
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 

@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 # Bytes handed to COPY per read. Each read re-takes the GIL, which the validating main thread
 # holds for up to the switch interval (5 ms): psycopg2's 8 KiB default stalls the writer.
 _COPY_CHUNK = 4 << 20
+# Where copy_row's lines go: 0 ratings, 1 requests, 2 rejected.
+COPY_STATEMENTS = (
+    "COPY rating_interaction (exhibition_id, rating_id, event_at, kafka_topic, kafka_partition,"
+    " kafka_offset) FROM STDIN",
+    "COPY request_interaction (exhibition_id, request_id, event_at, kafka_topic,"
+    " kafka_partition, kafka_offset) FROM STDIN",
+    "COPY rejected_message (raw, reason_code, reason, kafka_timestamp, received_at,"
+    " kafka_topic, kafka_partition, kafka_offset) FROM STDIN",
+)
 
 # COPY's text format: backslash, tab and line breaks are escaped; NUL cannot be stored in text.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": ""})
@@ -160,8 +169,7 @@ class Store:
             )
             next_offset = {(topic, partition): offset for topic, partition, offset in cur}
 
-            ratings, requests, rejected = io.StringIO(), io.StringIO(), io.StringIO()
-            counts = [0, 0]
+            lines: tuple[list[str], list[str], list[str]] = ([], [], [])
             rejected_codes: Counter[str] = Counter()
             already_stored = 0
             received = received_at.isoformat()
@@ -169,45 +177,13 @@ class Store:
                 if message.offset < next_offset[(message.topic, message.partition)]:
                     already_stored += 1
                     continue
-                coordinates = f"{message.topic}\t{message.partition}\t{message.offset}\n"
-                if isinstance(outcome, RatingEvent):
-                    ratings.write(
-                        f"{reference.exhibition_ids[outcome.exhibition_public_id]}\t"
-                        f"{reference.rating_ids[outcome.rating_value]}\t"
-                        f"{outcome.at.isoformat()}\t{coordinates}"
-                    )
-                    counts[0] += 1
-                elif isinstance(outcome, RequestEvent):
-                    requests.write(
-                        f"{reference.exhibition_ids[outcome.exhibition_public_id]}\t"
-                        f"{reference.request_ids[outcome.request_value]}\t"
-                        f"{outcome.at.isoformat()}\t{coordinates}"
-                    )
-                    counts[1] += 1
-                else:
-                    rejected.write(_rejected_row(message, outcome, received, coordinates))
+                table, line = copy_row(message, outcome, reference, received)
+                lines[table].append(line)
+                if isinstance(outcome, Rejection):
                     rejected_codes[outcome.code.value] += 1
-
-            for table, columns, buffer, count in (
-                ("rating_interaction", "exhibition_id, rating_id", ratings, counts[0]),
-                ("request_interaction", "exhibition_id, request_id", requests, counts[1]),
-            ):
-                if count:
-                    buffer.seek(0)
-                    cur.copy_expert(
-                        f"COPY {table} ({columns}, event_at, kafka_topic, kafka_partition,"
-                        " kafka_offset) FROM STDIN",
-                        buffer,
-                        _COPY_CHUNK,
-                    )
-            if rejected_codes:
-                rejected.seek(0)
-                cur.copy_expert(
-                    "COPY rejected_message (raw, reason_code, reason, kafka_timestamp,"
-                    " received_at, kafka_topic, kafka_partition, kafka_offset) FROM STDIN",
-                    rejected,
-                    _COPY_CHUNK,
-                )
+            for statement, table_lines in zip(COPY_STATEMENTS, lines, strict=True):
+                if table_lines:
+                    cur.copy_expert(statement, io.StringIO("".join(table_lines)), _COPY_CHUNK)
             cur.execute(
                 "UPDATE kafka_offset AS o SET next_offset = v.next_offset, updated_at = now()"
                 " FROM unnest(%s::text[], %s::int[], %s::bigint[])"
@@ -216,7 +192,25 @@ class Store:
                 " AND o.next_offset < v.next_offset",
                 (topics, partitions, [offset + 1 for offset in highest.values()]),
             )
-        return WriteResult(counts[0], counts[1], rejected_codes, already_stored)
+        ratings, requests, _ = lines
+        return WriteResult(len(ratings), len(requests), rejected_codes, already_stored)
+
+
+def copy_row(
+    message: KafkaMessage, outcome: Outcome, reference: Reference, received: str
+) -> tuple[int, str]:
+    """The table (0 ratings, 1 requests, 2 rejected, as in `COPY_STATEMENTS`) and the COPY
+    text line that stores one message."""
+    coordinates = f"{message.topic}\t{message.partition}\t{message.offset}\n"
+    if isinstance(outcome, RatingEvent):
+        exhibition = reference.exhibition_ids[outcome.exhibition_public_id]
+        rating = reference.rating_ids[outcome.rating_value]
+        return 0, f"{exhibition}\t{rating}\t{outcome.at.isoformat()}\t{coordinates}"
+    if isinstance(outcome, RequestEvent):
+        exhibition = reference.exhibition_ids[outcome.exhibition_public_id]
+        request = reference.request_ids[outcome.request_value]
+        return 1, f"{exhibition}\t{request}\t{outcome.at.isoformat()}\t{coordinates}"
+    return 2, _rejected_row(message, outcome, received, coordinates)
 
 
 def _rejected_row(

@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from psycopg2 import sql
 
-from lmnh.config import Settings
+from lmnh.config import VARIABLES, Settings
 from lmnh.database import connect
 from lmnh.kafka_admin import client_config
 from lmnh.kafka_producer import AckedProducer
@@ -146,23 +146,7 @@ class Target:
 
 def clean_env() -> dict[str, str]:
     """The process environment minus every project setting, so the local defaults apply."""
-    project = {
-        "BOOTSTRAP_SERVERS",
-        "SECURITY_PROTOCOL",
-        "SASL_MECHANISM",
-        "SASL_USERNAME",
-        "SASL_PASSWORD",
-        "SSL_CA_LOCATION",
-        "KAFKA_GROUP_ID",
-        "KAFKA_PARTITIONS",
-        "DB_HOST",
-        "DB_PORT",
-        "DB_NAME",
-        "DB_USERNAME",
-        "DB_PASSWORD",
-        "DB_SSLMODE",
-    }
-    return {k: v for k, v in os.environ.items() if k not in project}
+    return {k: v for k, v in os.environ.items() if k not in VARIABLES}
 
 
 def run(

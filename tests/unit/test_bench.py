@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from bench.ceilings import build_chunks, copy_row
+from bench.ceilings import build_chunks
 from bench.freshness import commit_delays
 from bench.local import BenchError
 from bench.original_loader import validate_message
 from bench.report import format_table, parse_sizes, parse_summary, percentile, render
-from lmnh import store
 from lmnh.events import KafkaMessage, RatingEvent, Reason, Rejection, RequestEvent
 from lmnh.reference import Reference
+from lmnh.store import copy_row
 
 REFERENCE = Reference(
     exhibition_start={"EXH_00": date(2021, 8, 23), "EXH_05": date(2023, 2, 1)},
@@ -192,7 +192,7 @@ def test_a_message_never_seen_committed_is_an_error() -> None:
         commit_delays([(3, 0, 0)], {})
 
 
-# The database ceiling's COPY text ----------------------------------------------------------
+# The COPY text the store writes and the database ceiling reuses --------------------------
 
 
 def test_copy_rows_of_a_rating_and_a_request() -> None:
@@ -203,22 +203,29 @@ def test_copy_rows_of_a_rating_and_a_request() -> None:
     assert request == (1, "1\t2\t2026-03-11T12:29:17.958630+00:00\tlmnh\t2\t8\n")
 
 
-@pytest.mark.parametrize(
-    ("value", "timestamp_ms", "detail"),
-    [
-        (b'{"site": "\\t"}', 1_700_000_000_123, 'site "\t" is not\na known\\ exhibition\r\0'),
-        (None, None, "the message is empty"),
-    ],
-)
-def test_copy_row_of_a_rejection_is_the_stores(
-    value: bytes | None, timestamp_ms: int | None, detail: str
-) -> None:
+def test_copy_row_of_a_rejection_escapes_what_copy_would_misread() -> None:
     received = RECEIVED.isoformat()
-    rejected = message(9, value, timestamp_ms)
-    rejection = Rejection(Reason.INVALID_SITE, detail)
-    coordinates = "lmnh\t2\t9\n"
-    expected = store._rejected_row(rejected, rejection, received, coordinates)
-    assert copy_row(rejected, rejection, REFERENCE, received) == (2, expected)
+    value = b'{"site": "\\t"}'
+    rejected = message(9, value, 1_700_000_000_123)
+    rejection = Rejection(Reason.INVALID_SITE, 'site "\t" is not\na known\\ exhibition\r\0')
+    table, line = copy_row(rejected, rejection, REFERENCE, received)
+    assert table == 2
+    assert line.split("\t") == [
+        "\\\\x" + value.hex(),
+        "invalid_site",
+        'site "\\t" is not\\na known\\\\ exhibition\\r',
+        "2023-11-14T22:13:20.123000+00:00",
+        received,
+        "lmnh",
+        "2",
+        "9\n",
+    ]
+
+
+def test_copy_row_of_a_message_without_value_or_timestamp_is_null() -> None:
+    rejected = message(9, None, None)
+    _, line = copy_row(rejected, Rejection(Reason.EMPTY, "no value"), REFERENCE, "t")
+    assert line == "\\N\tempty\tno value\t\\N\tt\tlmnh\t2\t9\n"
 
 
 def test_chunks_split_the_messages_and_keep_every_row() -> None:

@@ -9,6 +9,7 @@ import pytest
 from lmnh.config import (
     LOCAL_DB_PORT,
     LOCAL_KAFKA_PLAINTEXT,
+    VARIABLES,
     Secret,
     load_config,
     read_environment,
@@ -91,3 +92,13 @@ def test_the_environment_wins_over_the_env_file(
 def test_a_missing_env_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         read_environment(tmp_path / "absent.env")
+
+
+def test_env_example_documents_exactly_the_variables_read() -> None:
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    names = {
+        line.split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert names == VARIABLES
