@@ -26,6 +26,7 @@ from lmnh.config import VARIABLES, DatabaseSettings, KafkaSettings, Settings, lo
 from lmnh.database import apply_schema, connect
 from lmnh.events import KafkaMessage
 from lmnh.kafka_admin import client_config, delete_topic, ensure_topic
+from lmnh.simulator import report_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -293,25 +294,6 @@ def database_counts(database: DatabaseSettings) -> dict[str, dict[Any, int]]:
         "ratings": {(p, v): n for p, v, n in ratings},
         "requests": {(p, v): n for p, v, n in requests},
         "rejected": dict(rejected),
-    }
-
-
-def report_counts(report: Mapping[str, Any]) -> dict[str, dict[Any, int]]:
-    """The simulator's report in the shape of `database_counts`, zeros left out."""
-    return {
-        "ratings": {
-            (p, int(v)): n
-            for p, values in report["ratings"].items()
-            for v, n in values.items()
-            if n
-        },
-        "requests": {
-            (p, int(v)): n
-            for p, values in report["requests"].items()
-            for v, n in values.items()
-            if n
-        },
-        "rejected": {code: n for code, n in report["rejected"].items() if n},
     }
 
 

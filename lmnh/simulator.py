@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import accumulate
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lmnh.events import RatingEvent, Reason, RequestEvent
 from lmnh.reference import KIOSK_REFERENCE, Reference, public_id_for_site
@@ -428,6 +428,25 @@ class Tally:
             "requests": by_exhibition(self._requests, self._reference.request_values),
             "rejected": {reason.value: self._rejected[reason] for reason in reasons},
         }
+
+
+def report_counts(report: Mapping[str, Any]) -> dict[str, dict[Any, int]]:
+    """A simulator report's counts, keyed for comparison with what a database holds:
+    (public id, value) -> n for ratings and requests, reason code -> n; zeros left out."""
+
+    def flat(by_exhibition: Mapping[str, Mapping[str, int]]) -> dict[Any, int]:
+        return {
+            (public_id, int(value)): n
+            for public_id, values in by_exhibition.items()
+            for value, n in values.items()
+            if n
+        }
+
+    return {
+        "ratings": flat(report["ratings"]),
+        "requests": flat(report["requests"]),
+        "rejected": {code: n for code, n in report["rejected"].items() if n},
+    }
 
 
 def _cumulative(weights: Iterable[float]) -> list[float]:

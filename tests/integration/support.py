@@ -21,6 +21,7 @@ from lmnh.config import VARIABLES, Settings
 from lmnh.database import connect
 from lmnh.kafka_admin import client_config
 from lmnh.kafka_producer import AckedProducer
+from lmnh.simulator import report_counts
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -180,25 +181,6 @@ def database_counts(target: Target) -> dict[str, Any]:
         "ratings": {(p, v): n for p, v, n in ratings},
         "requests": {(p, v): n for p, v, n in requests},
         "rejected": dict(rejected),
-    }
-
-
-def report_counts(report: dict[str, Any]) -> dict[str, Any]:
-    """The simulator's report in the shape of `database_counts`, zeros left out."""
-    return {
-        "ratings": {
-            (p, int(v)): n
-            for p, values in report["ratings"].items()
-            for v, n in values.items()
-            if n
-        },
-        "requests": {
-            (p, int(v)): n
-            for p, values in report["requests"].items()
-            for v, n in values.items()
-            if n
-        },
-        "rejected": {code: n for code, n in report["rejected"].items() if n},
     }
 
 
