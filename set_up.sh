@@ -40,9 +40,33 @@ Done. Next (in other terminals; the dashboard shows it live):
 (With DB_HOST or BOOTSTRAP_SERVERS in .env, your own database and cluster were used instead.)
 NEXT
 
-# `./set_up.sh --no-dashboard` stops here, for scripts; otherwise the dashboard runs until Ctrl-C.
+# `./set_up.sh --no-dashboard` stops here. Otherwise the dashboard runs: in the foreground
+# until Ctrl-C from a terminal, in the background (log in .stack/dashboard.log) from a script,
+# so that an unattended run ends with it running instead of hanging.
 if [ "${1:-}" = "--no-dashboard" ]; then
   exit 0
 fi
-step "Dashboard: open http://127.0.0.1:8050/exhibitions and http://127.0.0.1:8050/safety (Ctrl-C to stop)"
-exec .venv/bin/python -m dashboard
+urls="http://127.0.0.1:8050/exhibitions and http://127.0.0.1:8050/safety"
+answers() {
+  .venv/bin/python -c 'import sys, urllib.request
+try:
+    urllib.request.urlopen("http://127.0.0.1:8050/api/meta", timeout=2)
+except Exception:
+    sys.exit(1)'
+}
+if answers; then
+  step "Dashboard: already running; open $urls"
+elif [ -t 0 ]; then
+  step "Dashboard: open $urls (Ctrl-C to stop)"
+  exec .venv/bin/python -m dashboard
+else
+  step "Dashboard: starting in the background; open $urls"
+  mkdir -p .stack
+  nohup .venv/bin/python -m dashboard > .stack/dashboard.log 2>&1 &
+  for _ in $(seq 1 30); do
+    answers && break
+    sleep 1
+  done
+  answers || { echo "the dashboard did not start; see .stack/dashboard.log" >&2; exit 1; }
+  echo "dashboard running (pid $!); stop it with: kill $!"
+fi
