@@ -23,7 +23,7 @@ from psycopg2 import sql
 
 from bench.report import Summary, parse_summary
 from lmnh.config import VARIABLES, DatabaseSettings, KafkaSettings, Settings, load_config
-from lmnh.database import apply_schema, connect
+from lmnh.database import connect, create_database, drop_database, execute_outside_transaction
 from lmnh.events import KafkaMessage
 from lmnh.kafka_admin import client_config, delete_topic, ensure_topic
 from lmnh.simulator import report_counts
@@ -76,19 +76,12 @@ class Resources:
     def database(self, kind: str) -> DatabaseSettings:
         """A new database with the project's schema applied."""
         name = self.name(kind)
-        self._admin_sql(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        database = create_database(self.settings.database, name)
         self._databases.append(name)
-        database = replace(self.settings.database, name=name)
-        conn = connect(database)
-        try:
-            apply_schema(conn)
-        finally:
-            conn.close()
         return database
 
     def drop_database(self, database: DatabaseSettings) -> None:
-        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-        self._admin_sql(drop.format(sql.Identifier(database.name)))
+        drop_database(self.settings.database, database.name)
         if database.name in self._databases:
             self._databases.remove(database.name)
 
@@ -102,7 +95,7 @@ class Resources:
     def checkpoint(self) -> None:
         """Flush what earlier contenders left dirty, so that it is not written during the
         next measurement."""
-        self._admin_sql(sql.SQL("CHECKPOINT"))
+        execute_outside_transaction(self.settings.database, sql.SQL("CHECKPOINT"))
 
     def close(self) -> None:
         """Remove every database, topic and consumer group this run made."""
@@ -119,15 +112,6 @@ class Resources:
                 except Exception:  # noqa: S110 - a group that never committed does not exist
                     pass
             self._groups.clear()
-
-    def _admin_sql(self, statement: sql.Composable) -> None:
-        conn = connect(self.settings.database)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement)
-        finally:
-            conn.close()
 
 
 def produce(topic: str, count: int, *extra: str) -> dict[str, Any]:

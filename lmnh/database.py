@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg2
@@ -63,6 +64,40 @@ def connect(db: DatabaseSettings, *, application_name: str = "lmnh") -> Connecti
             ) from None
         hint = "start it with `python -m stack up`" if db.local else "check DB_HOST and DB_PORT"
         raise TransientError(f"database unreachable at {where} ({message}): {hint}") from None
+
+
+def execute_outside_transaction(db: DatabaseSettings, statement: sql.Composable) -> None:
+    """Run one statement on a connection of its own in autocommit mode: CREATE or DROP
+    DATABASE, CREATE ROLE and CHECKPOINT cannot run inside a transaction."""
+    conn = connect(db)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+def create_database(
+    server: DatabaseSettings, name: str, *, schema: bool = True
+) -> DatabaseSettings:
+    """A new database `name` on the server `server` points at, with the schema applied unless
+    `schema` is False; returns its settings."""
+    execute_outside_transaction(server, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    database = replace(server, name=name)
+    if schema:
+        conn = connect(database)
+        try:
+            apply_schema(conn)
+        finally:
+            conn.close()
+    return database
+
+
+def drop_database(server: DatabaseSettings, name: str) -> None:
+    """Drop database `name` with every connection to it."""
+    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    execute_outside_transaction(server, drop)
 
 
 def missing_tables(conn: Connection) -> list[str]:

@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from psycopg2 import sql
 
 from lmnh.config import Settings, load_config
-from lmnh.database import apply_schema, connect
+from lmnh.database import create_database, drop_database
 from lmnh.kafka_admin import delete_topic, ensure_topic
-from tests.integration.support import NO_ENV_FILE, PYTHON, ROOT, Target, admin, clean_env
+from tests.integration.support import NO_ENV_FILE, PYTHON, ROOT, Target, clean_env
 
 
 @pytest.fixture(scope="session")
@@ -35,15 +34,10 @@ def settings() -> Settings:
 @pytest.fixture
 def target(settings: Settings) -> Iterator[Target]:
     name = f"test_{uuid.uuid4().hex[:12]}"
-    admin(settings, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    database = replace(settings.database, name=name)
-    conn = connect(database)
-    apply_schema(conn)
-    conn.close()
+    database = create_database(settings.database, name)
     ensure_topic(settings.kafka, name, settings.topic_partitions)
     try:
         yield Target(replace(settings, database=database), name, {**clean_env(), "DB_NAME": name})
     finally:
         delete_topic(settings.kafka, name)
-        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        admin(settings, drop)
+        drop_database(settings.database, name)

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 
 import pytest
 from psycopg2 import sql
 
 from lmnh.config import DatabaseSettings, Settings
-from lmnh.database import apply_schema, connect
-from tests.integration.support import admin
+from lmnh.database import connect, create_database, drop_database
 
 # (public_id, rating value or request value, ISO time with offset)
 Interaction = tuple[str, int, str]
@@ -45,16 +43,11 @@ REQUESTS = [  # value 0 assistance, 1 emergency
 @pytest.fixture
 def dashboard_db(settings: Settings) -> Iterator[DatabaseSettings]:
     name = f"test_dash_{uuid.uuid4().hex[:12]}"
-    admin(settings, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    database = replace(settings.database, name=name)
-    conn = connect(database)
-    apply_schema(conn)
-    conn.close()
+    database = create_database(settings.database, name)
     try:
         yield database
     finally:
-        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        admin(settings, drop)
+        drop_database(settings.database, name)
 
 
 def store(

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
-from psycopg2 import sql
 
 from lmnh.config import VARIABLES, Settings
 from lmnh.database import connect
@@ -203,17 +202,6 @@ def assert_exactly_once(target: Target, report: dict[str, Any]) -> None:
     assert len(coordinates) == len(set(coordinates)), "a message was stored twice"
     assert len(coordinates) == report["sent"], "a message was lost"
     assert database_counts(target) == report_counts(report)
-
-
-def admin(settings: Settings, statement: sql.Composable) -> None:
-    """Run one statement outside a transaction (CREATE/DROP DATABASE) on a new connection."""
-    conn = connect(settings.database)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
 
 
 def consumed(summary: str) -> int:

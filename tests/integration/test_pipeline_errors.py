@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from psycopg2 import sql
 
 from lmnh.config import LOCAL_KAFKA_SASL, LOCAL_KAFKA_SASL_PASSWORD, LOCAL_KAFKA_SASL_USER
+from lmnh.database import create_database, drop_database
 from lmnh.errors import ExitCode
 from lmnh.kafka_admin import delete_topic, ensure_topic
-from tests.integration.support import HISTORY_UNTIL, Target, admin, assert_exactly_once, run
+from tests.integration.support import HISTORY_UNTIL, Target, assert_exactly_once, run
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +79,12 @@ def test_wrong_database_password(target: Target) -> None:
 
 
 def test_missing_schema(target: Target) -> None:
-    bare = sql.Identifier(f"{target.topic}_bare")
-    admin(target.settings, sql.SQL("CREATE DATABASE {}").format(bare))
+    bare = f"{target.topic}_bare"
+    create_database(target.settings.database, bare, schema=False)
     try:
-        failure = fails(target, {"DB_NAME": f"{target.topic}_bare"})
+        failure = fails(target, {"DB_NAME": bare})
     finally:
-        admin(target.settings, sql.SQL("DROP DATABASE {} WITH (FORCE)").format(bare))
+        drop_database(target.settings.database, bare)
     assert exit_code(failure) == ExitCode.SCHEMA_MISSING
     assert "schema missing" in failure
 

@@ -17,8 +17,8 @@ from lmnh.config import (
     DatabaseSettings,
     Secret,
 )
-from lmnh.database import connect
-from tests.integration.support import HISTORY_UNTIL, Target, admin, assert_exactly_once, run
+from lmnh.database import connect, execute_outside_transaction
+from tests.integration.support import HISTORY_UNTIL, Target, assert_exactly_once, run
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +34,8 @@ def login(target: Target) -> Iterator[MakeLogin]:
     def make(role: str) -> DatabaseSettings:
         name = f"user_{uuid.uuid4().hex[:10]}"
         password = f"pw-{uuid.uuid4().hex}"
-        admin(
-            target.settings,
+        execute_outside_transaction(
+            target.settings.database,
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
                 sql.Identifier(name), sql.Literal(password), sql.Identifier(role)
             ),
@@ -45,7 +45,8 @@ def login(target: Target) -> Iterator[MakeLogin]:
 
     yield make
     for name in created:
-        admin(target.settings, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        drop = sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name))
+        execute_outside_transaction(target.settings.database, drop)
 
 
 def denied(db: DatabaseSettings, statement: str) -> bool:
