@@ -2,8 +2,9 @@
 once as a rating, a request or a rejection with its reason.
 
 Exit codes: 0 done (also after a requested stop), 1 unexpected error, 2 configuration or usage,
-3 Kafka broker unreachable, 4 Kafka authentication failed, 5 database unreachable or refused,
-6 database schema missing, 7 topic missing or recreated, 130 interrupted twice (batch abandoned).
+3 Kafka broker unreachable, 4 Kafka authentication failed, 5 database unreachable or login
+refused, 6 database schema missing, 7 topic missing or recreated, 8 database refused the write
+(permission, disk full, read-only), 130 stopped by a second signal (batch in hand abandoned).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from lmnh.cli import load_settings, positive_int, stop_on_signals
 from lmnh.errors import ExitCode, FatalError, TransientError
-from lmnh.events import KafkaMessage, Rejection
+from lmnh.events import KafkaMessage, Rejection, storable_text
 from lmnh.kafka_source import KafkaSource
 from lmnh.pipeline import Pipeline, RunOptions
 from lmnh.store import Store
@@ -38,8 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "PostgreSQL exactly once. Connection settings come from the environment or .env "
         "(see .env.example); without them the local stack (`python -m stack up`) is used.",
         epilog="Exit codes: 0 done, 1 unexpected error, 2 configuration, 3 broker unreachable, "
-        "4 Kafka authentication, 5 database unreachable, 6 schema missing, 7 topic missing, "
-        "130 interrupted twice.",
+        "4 Kafka authentication, 5 database unreachable, 6 schema missing, 7 topic missing or "
+        "recreated, 8 database refused the write, 130 a second signal abandoned the batch.",
     )
     parser.add_argument("--topic", default="lmnh", help="Kafka topic to consume (default: lmnh)")
     stopping = parser.add_mutually_exclusive_group()
@@ -126,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.DATABASE_UNREACHABLE
     except KeyboardInterrupt:
-        print("interrupted: the batch in hand was abandoned, nothing half-stored", file=sys.stderr)
-        return 130
+        print(
+            "interrupted: the batch in hand was abandoned (rolled back, its offsets not"
+            " committed); the next run loads it",
+            file=sys.stderr,
+        )
+        return ExitCode.INTERRUPTED
     finally:
         if source is not None:
             source.close()
@@ -157,7 +162,7 @@ def _log_rejected(rejected: list[tuple[KafkaMessage, Rejection]]) -> None:
         more = f" (+{len(raw) - _RAW_SHOWN_BYTES} bytes)" if len(raw) > _RAW_SHOWN_BYTES else ""
         lines.append(
             f"invalid {message.topic}[{message.partition}]@{message.offset}"
-            f" {rejection} | {shown!r}{more}"
+            f" {storable_text(str(rejection))} | {shown!r}{more}"
         )
     rejected_log.warning("%s", "\n".join(lines))
 

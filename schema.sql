@@ -1,7 +1,7 @@
 -- LMNH kiosk feedback: reference tables, fact tables, and what exactly-once loading needs.
 -- Applying this file is idempotent and never destroys data: every statement is
 -- "create if missing" or "insert if missing". Dropping happens only through
--- `python -m lmnh.schema --reset`, which names what it deletes.
+-- `python -m stack schema --reset`, which names what it deletes.
 
 -- Reference tables ---------------------------------------------------------------------------
 
@@ -103,6 +103,9 @@ CREATE TABLE IF NOT EXISTS kafka_offset (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (kafka_topic, kafka_partition)
 );
+-- The topic's id (Kafka's, unique to each creation of a topic name): offsets of a topic that
+-- was deleted and recreated under the same name must never be applied to the new one.
+ALTER TABLE kafka_offset ADD COLUMN IF NOT EXISTS topic_id text;
 
 -- Reference data (the kiosk feed's) ----------------------------------------------------------
 

@@ -10,7 +10,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
 from lmnh.config import DatabaseSettings
-from lmnh.errors import ExitCode, FatalError, TransientError
+from lmnh.errors import ExitCode, FatalError, PermanentError, PipelineError, TransientError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
 VIEWS_FILE = SCHEMA_FILE.parent / "dashboard" / "views.sql"
@@ -150,6 +150,68 @@ def reset_schema(conn: Connection) -> None:
     apply_schema(conn)
 
 
-def is_transient(error: BaseException) -> bool:
-    """Errors that waiting can heal: the server went away or is restarting."""
-    return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError | TransientError)
+# What to do about an error PostgreSQL reports, by its SQLSTATE (class = the first two
+# characters). Anything not listed stops the run: a loop that retries what cannot heal would
+# stop the feed silently instead.
+_TRANSIENT_CLASSES = {"08", "40"}  # connection lost; serialization failure, deadlock
+_TRANSIENT_CODES = {
+    "57P01",  # admin_shutdown: the server is stopping or restarting
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now: still starting
+    "57014",  # query_canceled: statement_timeout, or a cancel from outside
+    "55P03",  # lock_not_available: lock_timeout
+    "55006",  # object_in_use
+    "53000",  # insufficient_resources
+    "53200",  # out_of_memory
+    "53300",  # too_many_connections
+    "53400",  # configuration_limit_exceeded
+}
+# Refused for what the data is: data exceptions, constraint violations, limits, a trigger's RAISE.
+_PERMANENT_CLASSES = {"22", "23", "54", "P0"}
+_SCHEMA_CODES = {"42P01", "42703", "42704", "42883", "3F000"}  # no such table, column, ...
+_GONE_CODES = {"3D000", "57P04"}  # the database does not exist, or was dropped
+_COORDINATES = "_kafka_coordinates"
+
+
+def classify(error: Exception) -> PipelineError:
+    """The project's error for a database failure, by what to do about it: retry (transient),
+    set the data aside (permanent), or stop with an exit code (fatal).
+
+    Errors that are not PostgreSQL's (no SQLSTATE, such as a connection that dropped) are
+    transient; anything raised while turning messages into rows is permanent.
+    """
+    if isinstance(error, PipelineError):
+        return error
+    if not isinstance(error, psycopg2.Error):
+        return PermanentError(f"{type(error).__name__}: {error}")
+    code = error.pgcode
+    text = _first_line(error)
+    if code is None:
+        return TransientError(f"database connection lost ({text})")
+    said = f"{code} {text}"
+    if code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES:
+        return TransientError(f"database unavailable ({said})")
+    if code == "23505" and _COORDINATES in (error.diag.constraint_name or ""):
+        return FatalError(
+            f"a message is already stored but kafka_offset does not say so ({said}):"
+            " kafka_offset was edited or reset; restore it, or reset the database",
+            ExitCode.DATABASE_REFUSED,
+        )
+    if code[:2] in _PERMANENT_CLASSES:
+        return PermanentError(said)
+    if code in _SCHEMA_CODES:
+        return FatalError(
+            f"schema missing or out of date ({said}): run `python -m stack schema`",
+            ExitCode.SCHEMA_MISSING,
+        )
+    if code in _GONE_CODES:
+        return FatalError(f"database gone ({said})", ExitCode.DATABASE_UNREACHABLE)
+    return FatalError(
+        f"database refused the write ({said}): permission, disk or server state",
+        ExitCode.DATABASE_REFUSED,
+    )
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -20,6 +20,8 @@ class ExitCode(IntEnum):
     DATABASE_UNREACHABLE = 5
     SCHEMA_MISSING = 6
     TOPIC_MISSING = 7
+    DATABASE_REFUSED = 8
+    INTERRUPTED = 130
 
 
 class PipelineError(Exception):
@@ -36,6 +38,11 @@ class ConfigError(PipelineError):
 
 class TransientError(PipelineError):
     """A service is down or busy: back off, retry, commit nothing meanwhile."""
+
+
+class PermanentError(PipelineError):
+    """This write can never succeed as it is (the data itself is refused): retrying is useless,
+    so the batch is split to set the offending message aside and store the rest."""
 
 
 class FatalError(PipelineError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -25,6 +26,8 @@ class Reason(StrEnum):
     OUT_OF_HOURS = "out_of_hours"
     FUTURE_AT = "future_at"
     BEFORE_EXHIBITION_OPENED = "before_exhibition_opened"
+    # Valid or not, PostgreSQL refused to store it as such: kept raw with the server's error.
+    UNSTORABLE = "unstorable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +73,20 @@ class KafkaMessage:
     offset: int
     value: bytes | None
     timestamp_ms: int | None
+
+
+# What PostgreSQL's text cannot hold (NUL; lone surrogates, which no UTF-8 encoder accepts) or
+# what would break a one-line reason (line and paragraph separators, other control characters).
+_UNSTORABLE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """`text` as one line of valid UTF-8 without NUL: every character that is not is written
+    as its escape (`\\ud800`, `\\x00`, `\\n`), so that nothing derived from a message can stop
+    its own storing."""
+    return _UNSTORABLE_CHARS.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"

@@ -7,14 +7,14 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for mypy
 from confluent_kafka.admin._metadata import ClusterMetadata  # not re-exported for mypy
 from confluent_kafka.cimpl import NewTopic
 
 from lmnh.config import KafkaSettings
-from lmnh.errors import ExitCode, FatalError
+from lmnh.errors import ExitCode, FatalError, TransientError
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -44,7 +44,7 @@ _REQUEST_TIMEOUT_S = 30.0
 _POLL_S = 0.5  # short: an auth failure shows ~0.3 s after connecting
 
 
-def _admin(kafka: KafkaSettings, errors: list[KafkaError] | None = None) -> AdminClient:
+def admin_client(kafka: KafkaSettings, errors: list[KafkaError] | None = None) -> AdminClient:
     config = client_config(kafka)
     config["logger"] = _log
     if errors is not None:
@@ -61,7 +61,7 @@ def wait_until_ready(kafka: KafkaSettings, timeout_s: float) -> None:
     `error_cb` says why); anything else is retried until `timeout_s`.
     """
     errors: list[KafkaError] = []
-    admin = _admin(kafka, errors)
+    admin = admin_client(kafka, errors)
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while True:
@@ -94,15 +94,30 @@ def wait_until_ready(kafka: KafkaSettings, timeout_s: float) -> None:
             )
 
 
+def topic_id(admin: AdminClient, topic: str, timeout_s: float) -> str:
+    """Kafka's id of the topic that `topic` names now. A topic deleted and recreated under the
+    same name gets a new id, where its offsets may look just like the old one's."""
+    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)[topic]
+    try:
+        return str(future.result().topic_id)
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise FatalError(
+                f"topic {topic!r} is gone: {error.str()}", ExitCode.TOPIC_MISSING
+            ) from None
+        raise TransientError(f"Kafka did not say which topic {topic!r} is: {error.str()}") from None
+
+
 def topic_partition_counts(kafka: KafkaSettings) -> dict[str, int]:
     """Every topic the cluster reports, with its number of partitions."""
-    metadata = _list_topics(_admin(kafka))
+    metadata = _list_topics(admin_client(kafka))
     return {name: len(topic.partitions) for name, topic in sorted(metadata.topics.items())}
 
 
 def topic_message_count(kafka: KafkaSettings, topic: str) -> int:
     """Messages the topic holds now (latest minus earliest offset, over its partitions)."""
-    admin = _admin(kafka)
+    admin = admin_client(kafka)
     metadata = _list_topics(admin, topic).topics.get(topic)
     if metadata is None or metadata.error is not None:
         raise FatalError(f"topic {topic!r} does not exist", ExitCode.TOPIC_MISSING)
@@ -121,7 +136,7 @@ def ensure_topic(kafka: KafkaSettings, topic: str, partitions: int) -> bool:
     Returns only once every partition has a leader, so producing right after cannot hit
     "unknown topic or partition" while the new topic propagates.
     """
-    admin = _admin(kafka)
+    admin = admin_client(kafka)
     created = topic not in _list_topics(admin).topics
     if created:
         # The cluster's default replication factor: 1 on the local broker, 3 on a hosted one.
@@ -144,7 +159,7 @@ def ensure_topic(kafka: KafkaSettings, topic: str, partitions: int) -> bool:
 def delete_topic(kafka: KafkaSettings, topic: str) -> bool:
     """Delete `topic`; True if it existed. Returns once metadata no longer lists it, so
     the topic can be re-created straight away."""
-    admin = _admin(kafka)
+    admin = admin_client(kafka)
     future = admin.delete_topics([topic], request_timeout=_REQUEST_TIMEOUT_S)[topic]
     try:
         future.result()

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from lmnh.config import KafkaSettings
-from lmnh.errors import ExitCode, FatalError
+from lmnh.errors import ExitCode, FatalError, TransientError
 from lmnh.events import KafkaMessage
-from lmnh.kafka_admin import client_config, wait_until_ready
+from lmnh.kafka_admin import admin_client, client_config, topic_id, wait_until_ready
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,14 @@ log = logging.getLogger(__name__)
 # yields anything, so batches are accumulated here until full or out of time.
 _CONSUME_SLICE_S = 0.2
 _CLOSE_TIMEOUT_S = 10.0
+_REQUEST_TIMEOUT_S = 5.0  # the topic's id, its watermarks
+_POSITION_RETRY_S = 2.0  # how often partitions waiting for the database ask it again
 _AUTH_ERRORS = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _GONE_ERRORS = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 
-# partition -> next offset to read, for the partitions whose progress is known.
-StartOffsets = Callable[[str, list[int]], Mapping[int, int]]
+# (topic, its id, partitions) -> the next offset to read, for the partitions whose progress
+# the database knows. One attempt: raises TransientError while the database is unavailable.
+StartOffsets = Callable[[str, str, list[int]], Mapping[int, int]]
 
 
 class KafkaSource:
@@ -51,6 +54,11 @@ class KafkaSource:
         self._before_revoke = before_revoke
         self._fatal: FatalError | None = None
         self._revoked: set[int] = set()
+        # Assigned but paused until the database says where they resume.
+        self._unpositioned: set[int] = set()
+        self._position_retry_at = 0.0
+        self._admin = admin_client(kafka)
+        self.topic_id = ""  # Kafka's id of the topic, known after check()
         self._carry: list[KafkaMessage] = []  # fetched while holding, not yet in a batch
         self.rebalanced_at: float | None = None  # monotonic time of the last assign or revoke
         self._lock = threading.Lock()
@@ -91,6 +99,7 @@ class KafkaSource:
                 " create it (the local stack's `python -m stack up` creates lmnh)",
                 ExitCode.TOPIC_MISSING,
             )
+        self.topic_id = topic_id(self._admin, self.topic, timeout_s)
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -104,7 +113,13 @@ class KafkaSource:
         self, max_messages: int, max_wait_s: float, stop: threading.Event
     ) -> list[KafkaMessage]:
         """Up to `max_messages` messages, returned when full, when `max_wait_s` has passed
-        since the first one arrived, or when `stop` is set."""
+        since the first one arrived, or when `stop` is set.
+
+        Messages are returned only once the topic is confirmed to be the one this run started
+        on, after they were fetched: one recreated meanwhile could otherwise pass as the old
+        one with its first offsets skipped.
+        """
+        self._position()
         batch, self._carry = self._carry[:max_messages], self._carry[max_messages:]
         deadline = time.monotonic() + max_wait_s if batch else None
         while len(batch) < max_messages and not stop.is_set():
@@ -120,6 +135,13 @@ class KafkaSource:
                     deadline = time.monotonic() + max_wait_s
                 elif not polled:
                     break  # an idle slice: let the caller look at the clock and the stop flag
+        if batch:
+            try:
+                self._confirm_topic()
+            except TransientError as error:
+                log.warning("%s; the batch waits", error)
+                self._carry = batch + self._carry
+                return []
         return batch
 
     def hold(self) -> None:
@@ -134,7 +156,9 @@ class KafkaSource:
 
     def release(self) -> None:
         """Fetch again after `hold`, from where the application stopped reading."""
-        self._consumer.resume(self._consumer.assignment())
+        self._consumer.resume(
+            [tp for tp in self._consumer.assignment() if tp.partition not in self._unpositioned]
+        )
 
     def commit(self, messages: Iterable[KafkaMessage]) -> None:
         """Commit, after the database has, the offset following each partition's last message.
@@ -189,33 +213,71 @@ class KafkaSource:
         return kept
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        known = self._start_offsets(self.topic, [tp.partition for tp in partitions])
-        for tp in partitions:
-            if tp.partition not in known:
-                continue
-            _, high = consumer.get_watermark_offsets(tp, timeout=10)
-            if known[tp.partition] > high:
-                # The topic restarted below what was loaded: it was deleted and recreated.
-                self._fatal = FatalError(
-                    f"{self.topic}[{tp.partition}] ends at offset {high} but offset"
-                    f" {known[tp.partition]} was already loaded: the topic was recreated."
-                    " Reset the database (`python -m stack schema --reset`) or use a new topic",
-                    ExitCode.TOPIC_MISSING,
-                )
-                known = {}
-                break
-        for tp in partitions:
-            tp.offset = known.get(tp.partition, tp.offset)
-        log.info("assigned %s", _describe(partitions, known))
+        """Take the partitions, paused: where each resumes is the database's to say, and a
+        rebalance callback must not wait for the database (the group would wait with it)."""
         consumer.assign(partitions)
+        consumer.pause(partitions)
+        self._unpositioned.update(tp.partition for tp in partitions)
+        self._position_retry_at = 0.0
         self.rebalanced_at = time.monotonic()
+        log.info("assigned %s", ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._before_revoke()
+        revoked = {tp.partition for tp in partitions}
         with self._lock:
-            self._revoked.update(tp.partition for tp in partitions)
+            self._revoked.update(revoked)
+        self._unpositioned -= revoked
         self.rebalanced_at = time.monotonic()
         log.info("revoked %s", ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions))
+
+    def _position(self) -> None:
+        """Start the partitions assigned since the last batch at the database's offsets and
+        resume them. While the database cannot say, they stay paused and it is asked again
+        every few seconds; the rest of the assignment goes on."""
+        if not self._unpositioned or time.monotonic() < self._position_retry_at:
+            return
+        partitions = sorted(self._unpositioned)
+        try:
+            known = self._start_offsets(self.topic, self.topic_id, partitions)
+            for partition, offset in known.items():
+                self._require_below_end(partition, offset)
+                self._consumer.seek(TopicPartition(self.topic, partition, offset))
+        except (TransientError, KafkaException) as error:
+            self._position_retry_at = time.monotonic() + _POSITION_RETRY_S
+            log.warning(
+                "%s wait for their start offsets (%s); asking again in %.0f s",
+                ", ".join(f"{self.topic}[{p}]" for p in partitions),
+                error,
+                _POSITION_RETRY_S,
+            )
+            return
+        self._consumer.resume([TopicPartition(self.topic, p) for p in partitions])
+        self._unpositioned.clear()
+        log.info("resuming %s", _describe(self.topic, partitions, known))
+
+    def _require_below_end(self, partition: int, offset: int) -> None:
+        """Offsets recorded before topic ids were: a stored offset past the partition's end
+        means the topic was recreated."""
+        tp = TopicPartition(self.topic, partition)
+        _, high = self._consumer.get_watermark_offsets(tp, timeout=_REQUEST_TIMEOUT_S)
+        if offset > high:
+            raise FatalError(
+                f"{self.topic}[{partition}] ends at offset {high} but offset {offset} was"
+                " already loaded: the topic was recreated. Reset the database"
+                " (`python -m stack schema --reset`) or use a new topic",
+                ExitCode.TOPIC_MISSING,
+            )
+
+    def _confirm_topic(self) -> None:
+        now_id = topic_id(self._admin, self.topic, _REQUEST_TIMEOUT_S)
+        if now_id != self.topic_id:
+            raise FatalError(
+                f"topic {self.topic!r} was deleted and recreated while loading (id"
+                f" {self.topic_id}, now {now_id}): restart to load the new one from the"
+                " database's offsets",
+                ExitCode.TOPIC_MISSING,
+            )
 
     def _on_error(self, error: KafkaError) -> None:
         if error.code() in _AUTH_ERRORS:
@@ -246,9 +308,7 @@ def _timestamp_ms(timestamp: tuple[int, int]) -> int | None:
     return milliseconds if kind != 0 and milliseconds >= 0 else None  # 0: TIMESTAMP_NOT_AVAILABLE
 
 
-def _describe(partitions: list[TopicPartition], known: Mapping[int, int]) -> str:
-    parts = []
-    for tp in partitions:
-        start = f"@{known[tp.partition]} (database)" if tp.partition in known else ""
-        parts.append(f"{tp.topic}[{tp.partition}]{start}")
-    return ", ".join(parts) or "nothing"
+def _describe(topic: str, partitions: list[int], known: Mapping[int, int]) -> str:
+    return ", ".join(
+        f"{topic}[{p}]@{known[p]} (database)" if p in known else f"{topic}[{p}]" for p in partitions
+    )

@@ -8,19 +8,20 @@ point loses nothing and doubles nothing.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from lmnh.database import is_transient
+from lmnh.errors import ExitCode, FatalError, PermanentError, TransientError
 from lmnh.events import KafkaMessage, Outcome, Reason, Rejection
 from lmnh.reference import Reference
-from lmnh.store import Store, WriteResult
+from lmnh.store import Store, WriteResult, unstorable
 from lmnh.validation import validate
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,12 @@ _UNKNOWN_KEY_CODES = {Reason.INVALID_SITE, Reason.INVALID_VAL, Reason.INVALID_TY
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
 _HOLD_CHECK_S = 1.0  # how often a wait for the writer also serves the consumer group
+_REVOKE_WAIT_S = 5.0  # longest a rebalance waits for the batch in flight
+_ERROR_WAIT_S = 5.0  # after an error, how long the batch in flight may still finish
+_CANCEL_WAIT_S = 3.0  # after cancelling its statement, how long the writer has to roll back
 T = TypeVar("T")
+# Stores one batch (messages, their outcomes) in one transaction: one attempt.
+WriteBatch = Callable[[Sequence[KafkaMessage], Sequence[Outcome]], WriteResult]
 
 
 class Stopped(Exception):
@@ -40,6 +46,7 @@ class Stopped(Exception):
 class MessageSource(Protocol):
     # When the group last gave or took partitions; None until it first has.
     rebalanced_at: float | None
+    topic_id: str  # Kafka's id of the topic the messages come from
 
     def next_batch(
         self, max_messages: int, max_wait_s: float, stop: threading.Event
@@ -109,6 +116,32 @@ class _Write:
         return len(self.messages)
 
 
+class _Worker:
+    """One daemon thread that runs what it is given, in order, each on its own database
+    connection. A daemon, so that a process giving up on a statement the database never
+    answers can still exit; and the main thread only ever waits on a future, where a signal
+    is handled at once, never inside the driver, where it is not."""
+
+    def __init__(self, name: str) -> None:
+        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]]
+        self._work = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def submit(self, action: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._work.put((future, action))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, action = self._work.get()
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(action())
+            except BaseException as error:  # handed to the waiting thread, which decides
+                future.set_exception(error)
+
+
 class Pipeline:
     """Moves kiosk messages from a source into the store, one transaction per batch."""
 
@@ -126,15 +159,24 @@ class Pipeline:
         self._reference: Reference | None = None
         self._reference_loaded = 0.0
         self._in_flight: _Write | None = None
+        self._writer = _Worker("lmnh-writer")
+        self._reader = _Worker("lmnh-reader")  # the main thread's reads
         self._source: MessageSource
         self._stats = RunStats()
 
-    def start_offsets(self, topic: str, partitions: list[int]) -> Mapping[int, int]:
-        """Where each partition resumes: the database's record of how far it has loaded."""
-        return self._retry(lambda: self._store.stored_offsets(topic, partitions))
+    def start_offsets(self, topic: str, topic_id: str, partitions: list[int]) -> dict[int, int]:
+        """Where each partition resumes, by the database; one attempt (the source asks again
+        later), read off the main thread."""
+        return self._reader.submit(
+            lambda: self._store.stored_offsets(topic, topic_id, partitions)
+        ).result()
 
     def run(self, source: MessageSource) -> RunStats:
-        """Load until the limit, idleness or a stop; a stop finishes the batch in hand."""
+        """Load until the limit, idleness or a stop; a stop finishes the batch in hand.
+
+        Any error, and KeyboardInterrupt (a second signal), first gives up the batch in flight
+        (see `_give_up`), so that the caller can always exit.
+        """
         self._source = source
         self._stats = RunStats()
         try:
@@ -144,17 +186,28 @@ class Pipeline:
                 "stopped while the database was unavailable: the batch in hand was"
                 " not stored and its offsets not committed"
             )
+        except BaseException as error:
+            self._give_up(at_once=isinstance(error, KeyboardInterrupt))
+            raise
         return self._stats
 
     def drain(self) -> None:
-        """Store and commit the batch in flight now. Called before partitions are taken away,
-        so that their next owner starts after it instead of reading it again."""
-        if self._in_flight is not None:
-            write, self._in_flight = self._in_flight, None
-            self._finish(write, may_hold=False)  # inside a rebalance callback: no polling
+        """Store and commit the batch in flight, if it is done within a few seconds. Called
+        before partitions are taken away, so that their next owner starts after it; a batch
+        that takes longer (the database is slow or away) is left to finish later, since a
+        rebalance callback must not keep the group waiting. It is still stored once: the
+        partitions' row locks and stored offsets make the next owner skip what it holds."""
+        write = self._in_flight
+        if write is None:
+            return
+        if not wait([write.result], _REVOKE_WAIT_S).done:
+            log.warning("the batch in flight is not stored yet; the rebalance goes on without it")
+            return
+        self._in_flight = None
+        self._finish(write, may_hold=False)  # inside a rebalance callback: no polling
 
     def _loop(self, source: MessageSource) -> None:
-        """Fetch and validate batch N+1 while a writer thread stores batch N.
+        """Fetch and validate batch N+1 while the writer thread stores batch N.
 
         Kafka offsets of a batch are committed only once its transaction has committed, and
         every consumer call stays on this thread (rebalance callbacks run inside them).
@@ -164,35 +217,49 @@ class Pipeline:
         # Idleness counts from the last message or the last stored batch: a wait for a slow
         # database is not idleness.
         last_activity = last_progress = time.monotonic()
-        with ThreadPoolExecutor(1, thread_name_prefix="lmnh-writer") as writer:
-            try:
-                while not self._stop.is_set():
-                    wanted = options.batch_size
-                    if options.limit is not None:
-                        held = self._in_flight.size if self._in_flight else 0
-                        wanted = min(wanted, options.limit - stats.consumed - held)
-                        if wanted <= 0:
-                            break
-                    messages = source.next_batch(wanted, options.batch_timeout_s, self._stop)
-                    now = time.monotonic()
-                    # A stop during the fetch still stores what was fetched: never half a batch.
-                    if messages:
-                        last_activity = now
-                        outcomes = self._validate(messages, datetime.now(UTC))
-                    if self._in_flight is not None:
-                        write, self._in_flight = self._in_flight, None
-                        self._finish(write)
-                        last_activity = max(last_activity, time.monotonic())
-                    if messages:
-                        self._in_flight = self._submit(writer, messages, outcomes, now)
-                    elif self._idle(source, last_activity, now):
-                        log.info("no message for %.0f s: caught up", options.idle_timeout_s)
-                        break
-                    if now - last_progress >= options.progress_interval_s:
-                        last_progress = now
-                        log.info("progress: %s", stats.summary())
-            finally:
-                self.drain()  # finish it even on a stop or an error: it is whole
+        while not self._stop.is_set():
+            wanted = options.batch_size
+            if options.limit is not None:
+                held = self._in_flight.size if self._in_flight else 0
+                wanted = min(wanted, options.limit - stats.consumed - held)
+                if wanted <= 0:
+                    break
+            messages = source.next_batch(wanted, options.batch_timeout_s, self._stop)
+            now = time.monotonic()
+            # A stop during the fetch still stores what was fetched: never half a batch.
+            if messages:
+                last_activity = now
+                outcomes = self._validate(messages, datetime.now(UTC))
+            if self._in_flight is not None:
+                write, self._in_flight = self._in_flight, None
+                self._finish(write)
+                last_activity = max(last_activity, time.monotonic())
+            if messages:
+                self._in_flight = self._submit(messages, outcomes, now)
+            elif self._idle(source, last_activity, now):
+                log.info("no message for %.0f s: caught up", options.idle_timeout_s)
+                break
+            if now - last_progress >= options.progress_interval_s:
+                last_progress = now
+                log.info("progress: %s", stats.summary())
+        if self._in_flight is not None:  # whole, so finish it, also on a stop
+            write, self._in_flight = self._in_flight, None
+            self._finish(write)
+
+    def _give_up(self, *, at_once: bool) -> None:
+        """End the batch in flight without waiting for ever: stop its retries, give it a few
+        seconds to finish (none `at_once`), then cancel its statement on the server and give
+        it a few more to roll back. A writer that still does not answer (the server is gone)
+        is left behind; its transaction never commits without it."""
+        self._stop.set()
+        write, self._in_flight = self._in_flight, None
+        if write is None:
+            return
+        if not at_once and wait([write.result], _ERROR_WAIT_S).done:
+            return
+        threading.Thread(target=self._store.cancel, name="lmnh-cancel", daemon=True).start()
+        if not wait([write.result], _CANCEL_WAIT_S).done:
+            log.warning("the batch in flight did not end; abandoned, never committed")
 
     def _idle(self, source: MessageSource, last_activity: float, now: float) -> bool:
         """Idle: nothing for `idle_timeout_s` since the last activity or rebalance. Joining the
@@ -203,21 +270,51 @@ class Pipeline:
         return now - max(last_activity, source.rebalanced_at) >= timeout
 
     def _submit(
-        self,
-        writer: ThreadPoolExecutor,
-        messages: list[KafkaMessage],
-        outcomes: list[Outcome],
-        arrived_at: float,
+        self, messages: list[KafkaMessage], outcomes: list[Outcome], arrived_at: float
     ) -> _Write:
-        """Hand a validated batch to the writer thread: one transaction, retried while the
-        database is unavailable."""
+        """Hand a validated batch to the writer thread."""
         reference = self._current_reference()
         received_at = datetime.now(UTC)
-        result = writer.submit(
-            self._retry,
-            lambda: self._store.write_batch(messages, outcomes, reference, received_at),
-        )
+        topic_id = self._source.topic_id
+
+        def write(batch: Sequence[KafkaMessage], judged: Sequence[Outcome]) -> WriteResult:
+            return self._store.write_batch(batch, judged, reference, received_at, topic_id)
+
+        result = self._writer.submit(lambda: self._write(messages, outcomes, write))
         return _Write(result, messages, outcomes, arrived_at)
+
+    def _write(
+        self, messages: Sequence[KafkaMessage], outcomes: Sequence[Outcome], write: WriteBatch
+    ) -> WriteResult:
+        """Store a batch, waiting out an unavailable database. A batch refused for its data is
+        halved, first half first (each partition's offset only moves forward), until each
+        refused message is alone; that one is set aside as an `unstorable` rejection with its
+        raw bytes and the error, and the rest is stored: one message never holds up the feed."""
+        try:
+            return self._retry(lambda: write(messages, outcomes))
+        except PermanentError as error:
+            if len(messages) > 1:
+                half = len(messages) // 2
+                first = self._write(messages[:half], outcomes[:half], write)
+                return first + self._write(messages[half:], outcomes[half:], write)
+            message = messages[0]
+            rejection = unstorable(outcomes[0], error)
+            log.error(
+                "%s[%d]@%d set aside: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                rejection.detail,
+            )
+            try:
+                result = self._retry(lambda: write(messages, [rejection]))
+            except PermanentError as refused:
+                raise FatalError(
+                    f"the database refuses to store even the raw bytes of {message.topic}"
+                    f"[{message.partition}]@{message.offset} ({refused})",
+                    ExitCode.DATABASE_REFUSED,
+                ) from refused
+            return result + WriteResult(set_aside=((message, rejection),))
 
     def _finish(self, write: _Write, *, may_hold: bool = True) -> None:
         """Wait for a batch's transaction, then commit its offsets to Kafka and log rejects."""
@@ -234,11 +331,13 @@ class Pipeline:
             source.release()
         source.commit(write.messages)
         self._stats.add(result, write.size, write.arrived_at)
+        aside = {id(message) for message, _ in result.set_aside}
         rejected = [
             (message, outcome)
             for message, outcome in zip(write.messages, write.outcomes, strict=True)
-            if isinstance(outcome, Rejection)
+            if isinstance(outcome, Rejection) and id(message) not in aside
         ]
+        rejected.extend(result.set_aside)
         if rejected:
             self._on_rejected(rejected)
 
@@ -258,7 +357,9 @@ class Pipeline:
 
     def _current_reference(self, *, reload: bool = False) -> Reference:
         if self._reference is None or reload:
-            self._reference = self._retry(self._store.load_reference)
+            self._reference = self._retry(
+                lambda: self._reader.submit(self._store.load_reference).result()
+            )
             self._reference_loaded = time.monotonic()
         return self._reference
 
@@ -271,15 +372,8 @@ class Pipeline:
         while True:
             try:
                 return action()
-            except Exception as error:
-                if not is_transient(error):
-                    raise
-                self._store.reset_connection()
-                log.warning(
-                    "database unavailable (%s); retrying in %.1f s",
-                    str(error).strip().splitlines()[0],
-                    delay,
-                )
+            except TransientError as error:
+                log.warning("%s; retrying in %.1f s", error, delay)
             if self._stop.wait(delay):
                 raise Stopped
             delay = min(delay * 2, _RETRY_MAX_S)

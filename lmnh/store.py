@@ -13,16 +13,26 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import cursor as Cursor
 
 from lmnh.config import DatabaseSettings
-from lmnh.database import connect, require_schema
-from lmnh.errors import TransientError
-from lmnh.events import KafkaMessage, Outcome, RatingEvent, Rejection, RequestEvent
+from lmnh.database import classify, connect, require_schema
+from lmnh.errors import ExitCode, FatalError, TransientError
+from lmnh.events import (
+    KafkaMessage,
+    Outcome,
+    RatingEvent,
+    Reason,
+    Rejection,
+    RequestEvent,
+    storable_text,
+)
 from lmnh.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -30,6 +40,11 @@ log = logging.getLogger(__name__)
 # Bytes handed to COPY per read. Each read re-takes the GIL, which the validating main thread
 # holds for up to the switch interval (5 ms): psycopg2's 8 KiB default stalls the writer.
 _COPY_CHUNK = 4 << 20
+_CLOSE_TIMEOUT_S = 2.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The main thread's reads, bounded: a signal is only handled between them, and the consumer
+# group waits while they run. A timeout is transient: retried with backoff.
+_READ_TIMEOUT = "SET LOCAL statement_timeout = 5000"
 # Where copy_row's lines go: 0 ratings, 1 requests, 2 rejected.
 COPY_STATEMENTS = (
     "COPY rating_interaction (exhibition_id, rating_id, event_at, kafka_topic, kafka_partition,"
@@ -40,16 +55,27 @@ COPY_STATEMENTS = (
     " kafka_topic, kafka_partition, kafka_offset) FROM STDIN",
 )
 
-# COPY's text format: backslash, tab and line breaks are escaped; NUL cannot be stored in text.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": ""})
+# COPY's text format escapes backslashes; storable_text has already escaped the rest.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\"})
 
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    ratings: int
-    requests: int
-    rejected: Counter[str]  # by reason code
-    already_stored: int  # replayed messages skipped because an earlier run stored them
+    ratings: int = 0
+    requests: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason code
+    already_stored: int = 0  # replayed messages skipped because an earlier run stored them
+    # Messages PostgreSQL refused as they were, stored as `unstorable` rejections instead.
+    set_aside: tuple[tuple[KafkaMessage, Rejection], ...] = ()
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.ratings + other.ratings,
+            self.requests + other.requests,
+            self.rejected + other.rejected,
+            self.already_stored + other.already_stored,
+            self.set_aside + other.set_aside,
+        )
 
 
 class Store:
@@ -92,22 +118,56 @@ class Store:
                 delay = min(delay * 2, 5.0)
         require_schema(conn)
 
-    def reset_connection(self) -> None:
-        """Drop this thread's connection after an error; its next call opens a fresh one."""
+    @contextmanager
+    def _transaction(self) -> Iterator[Cursor]:
+        """A transaction on this thread's connection. Every failure leaves it as the project's
+        error for what to do about it (`lmnh.database.classify`); after a transient one the
+        connection is dropped, and the next call opens a fresh one."""
+        try:
+            conn = self._connection()
+            with conn, conn.cursor() as cur:
+                yield cur
+        except Exception as error:
+            classified = classify(error)
+            if isinstance(classified, TransientError):
+                self._drop_connection()
+            raise classified from error
+
+    def _drop_connection(self) -> None:
         with self._lock:
             conn = self._connections.pop(threading.get_ident(), None)
         if conn is not None:
             conn.close()
 
+    def cancel(self) -> None:
+        """Ask the server to cancel whatever each connection is running (a COPY blocked on a
+        lock, say), so that the thread waiting on it gets an error and can give up. Blocks
+        while the cancel request connects: call it where a wait is affordable."""
+        with self._lock:
+            connections = list(self._connections.values())
+        for conn in connections:
+            try:
+                conn.cancel()
+            except Exception as error:  # the server is gone: nothing is running there either
+                log.debug("cancel failed: %s", error)
+
     def close(self) -> None:
+        """Close every connection; bounded, because one still busy in a thread that was given
+        up on (a statement the server never answers) cannot close until that ends."""
         with self._lock:
             connections, self._connections = list(self._connections.values()), {}
-        for conn in connections:
-            conn.close()
+
+        def close_all() -> None:
+            for conn in connections:
+                conn.close()
+
+        closer = threading.Thread(target=close_all, name="lmnh-close", daemon=True)
+        closer.start()
+        closer.join(_CLOSE_TIMEOUT_S)
 
     def load_reference(self) -> Reference:
-        conn = self._connection()
-        with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
+            cur.execute(_READ_TIMEOUT)
             cur.execute("SELECT public_id, exhibition_id, exhibition_start_date FROM exhibition")
             exhibitions = cur.fetchall()
             cur.execute("SELECT rating_value, rating_id FROM rating")
@@ -125,16 +185,24 @@ class Store:
             request_ids=requests,
         )
 
-    def stored_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
-        """The next offset to load for each partition that has been loaded before."""
-        conn = self._connection()
-        with conn, conn.cursor() as cur:
+    def stored_offsets(
+        self, topic: str, topic_id: str, partitions: Iterable[int]
+    ) -> dict[int, int]:
+        """The next offset to load for each partition that has been loaded before.
+
+        Raises `FatalError` when those offsets belong to an earlier topic of the same name:
+        resuming there would skip the new topic's first messages.
+        """
+        with self._transaction() as cur:
+            cur.execute(_READ_TIMEOUT)
             cur.execute(
-                "SELECT kafka_partition, next_offset FROM kafka_offset"
+                "SELECT kafka_partition, next_offset, topic_id FROM kafka_offset"
                 " WHERE kafka_topic = %s AND kafka_partition = ANY(%s)",
                 (topic, list(partitions)),
             )
-            return dict(cur.fetchall())
+            rows = cur.fetchall()
+        _require_same_topic(topic, topic_id, (row[2] for row in rows))
+        return {partition: offset for partition, offset, _ in rows}
 
     def write_batch(
         self,
@@ -142,9 +210,14 @@ class Store:
         outcomes: Sequence[Outcome],
         reference: Reference,
         received_at: datetime,
+        topic_id: str,
     ) -> WriteResult:
-        """Store a batch in one transaction and advance its partitions' offsets."""
-        conn = self._connection()
+        """Store a batch in one transaction and advance its partitions' offsets.
+
+        A message whose row cannot even be built is stored as an `unstorable` rejection at
+        once; a batch that PostgreSQL refuses for its data raises `PermanentError` (see
+        `set_aside`), and nothing of it is stored.
+        """
         highest: dict[tuple[str, int], int] = {}
         for message in messages:
             key = (message.topic, message.partition)
@@ -152,48 +225,87 @@ class Store:
         topics = [topic for topic, _ in highest]
         partitions = [partition for _, partition in highest]
 
-        with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO kafka_offset (kafka_topic, kafka_partition, next_offset)"
-                " SELECT * , 0 FROM unnest(%s::text[], %s::int[])"
+                "INSERT INTO kafka_offset (kafka_topic, kafka_partition, next_offset, topic_id)"
+                " SELECT *, 0, %s FROM unnest(%s::text[], %s::int[])"
                 " ON CONFLICT DO NOTHING",
-                (topics, partitions),
+                (topic_id, topics, partitions),
             )
             # The row lock serialises two processes that briefly both hold a partition.
             cur.execute(
-                "SELECT kafka_topic, kafka_partition, next_offset FROM kafka_offset"
+                "SELECT kafka_topic, kafka_partition, next_offset, topic_id FROM kafka_offset"
                 " WHERE (kafka_topic, kafka_partition) IN"
                 " (SELECT * FROM unnest(%s::text[], %s::int[]))"
                 " ORDER BY kafka_topic, kafka_partition FOR UPDATE",
                 (topics, partitions),
             )
-            next_offset = {(topic, partition): offset for topic, partition, offset in cur}
+            next_offset = {}
+            for topic, partition, offset, stored_id in cur.fetchall():
+                _require_same_topic(topic, topic_id, [stored_id])
+                next_offset[(topic, partition)] = offset
 
             lines: tuple[list[str], list[str], list[str]] = ([], [], [])
             rejected_codes: Counter[str] = Counter()
+            set_aside: list[tuple[KafkaMessage, Rejection]] = []
             already_stored = 0
             received = received_at.isoformat()
             for message, outcome in zip(messages, outcomes, strict=True):
                 if message.offset < next_offset[(message.topic, message.partition)]:
                     already_stored += 1
                     continue
-                table, line = copy_row(message, outcome, reference, received)
+                try:
+                    table, line = copy_row(message, outcome, reference, received)
+                except Exception as error:  # a row we cannot even build: keep the message raw
+                    outcome = unstorable(outcome, classify(error))
+                    set_aside.append((message, outcome))
+                    table, line = copy_row(message, outcome, reference, received)
                 lines[table].append(line)
                 if isinstance(outcome, Rejection):
                     rejected_codes[outcome.code.value] += 1
             for statement, table_lines in zip(COPY_STATEMENTS, lines, strict=True):
                 if table_lines:
-                    cur.copy_expert(statement, io.StringIO("".join(table_lines)), _COPY_CHUNK)
+                    data = "".join(table_lines).encode("utf-8")
+                    cur.copy_expert(statement, io.BytesIO(data), _COPY_CHUNK)
             cur.execute(
-                "UPDATE kafka_offset AS o SET next_offset = v.next_offset, updated_at = now()"
+                "UPDATE kafka_offset AS o SET next_offset = v.next_offset, topic_id = %s,"
+                " updated_at = now()"
                 " FROM unnest(%s::text[], %s::int[], %s::bigint[])"
                 " AS v (kafka_topic, kafka_partition, next_offset)"
                 " WHERE o.kafka_topic = v.kafka_topic AND o.kafka_partition = v.kafka_partition"
                 " AND o.next_offset < v.next_offset",
-                (topics, partitions, [offset + 1 for offset in highest.values()]),
+                (topic_id, topics, partitions, [offset + 1 for offset in highest.values()]),
             )
         ratings, requests, _ = lines
-        return WriteResult(len(ratings), len(requests), rejected_codes, already_stored)
+        return WriteResult(
+            len(ratings), len(requests), rejected_codes, already_stored, tuple(set_aside)
+        )
+
+
+def unstorable(outcome: Outcome, error: Exception) -> Rejection:
+    """What a message that PostgreSQL (or building its row) refused becomes: a rejection that
+    keeps what the validator made of it and the error, kept with the raw bytes."""
+    return Rejection(
+        Reason.UNSTORABLE, storable_text(f"{_describe(outcome)}; not storable as such: {error}")
+    )
+
+
+def _describe(outcome: Outcome) -> str:
+    if isinstance(outcome, Rejection):
+        return str(outcome)
+    kind = "rating" if isinstance(outcome, RatingEvent) else "request"
+    return f"{kind} {outcome}"
+
+
+def _require_same_topic(topic: str, topic_id: str, stored_ids: Iterable[str | None]) -> None:
+    for stored in stored_ids:
+        if stored is not None and stored != topic_id:
+            raise FatalError(
+                f"topic {topic!r} is not the one loaded before (id {topic_id}, the database"
+                f" holds offsets of id {stored}): it was deleted and recreated. Reset the"
+                " database (`python -m stack schema --reset`) or use a new topic",
+                ExitCode.TOPIC_MISSING,
+            )
 
 
 def copy_row(
@@ -216,11 +328,19 @@ def copy_row(
 def _rejected_row(
     message: KafkaMessage, rejection: Rejection, received: str, coordinates: str
 ) -> str:
+    """Never raises: it is also how a message whose own row failed is kept."""
     raw = "\\N" if message.value is None else "\\\\x" + message.value.hex()
-    kafka_time = (
-        "\\N"
-        if message.timestamp_ms is None
-        else datetime.fromtimestamp(message.timestamp_ms / 1000, UTC).isoformat()
-    )
-    reason = rejection.detail.translate(_COPY_ESCAPES)
+    reason = storable_text(rejection.detail).translate(_COPY_ESCAPES)
+    kafka_time = _kafka_time(message.timestamp_ms)
     return f"{raw}\t{rejection.code.value}\t{reason}\t{kafka_time}\t{received}\t{coordinates}"
+
+
+def _kafka_time(timestamp_ms: int | None) -> str:
+    """The record's timestamp for COPY, or NULL when there is none or it is beyond what a
+    timestamp can hold (a producer may send any 64-bit number)."""
+    if timestamp_ms is None:
+        return "\\N"
+    try:  # whole milliseconds: a float of seconds misses the millisecond near year 9999
+        return (_EPOCH + timedelta(milliseconds=timestamp_ms)).isoformat()
+    except OverflowError:
+        return "\\N"

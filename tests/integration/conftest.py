@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
+from psycopg2 import sql
 
-from lmnh.config import Settings, load_config
-from lmnh.database import create_database, drop_database
+from lmnh.config import DatabaseSettings, Secret, Settings, load_config
+from lmnh.database import create_database, drop_database, execute_outside_transaction
 from lmnh.kafka_admin import delete_topic, ensure_topic
 from tests.integration.support import NO_ENV_FILE, PYTHON, ROOT, Target, clean_env
 
@@ -41,3 +42,29 @@ def target(settings: Settings) -> Iterator[Target]:
     finally:
         delete_topic(settings.kafka, name)
         drop_database(settings.database, name)
+
+
+MakeLogin = Callable[[str], DatabaseSettings]
+
+
+@pytest.fixture
+def login(target: Target) -> Iterator[MakeLogin]:
+    """Makes fresh login users holding a given group role; drops them afterwards."""
+    created: list[str] = []
+
+    def make(role: str) -> DatabaseSettings:
+        name = f"user_{uuid.uuid4().hex[:10]}"
+        password = f"pw-{uuid.uuid4().hex}"
+        execute_outside_transaction(
+            target.settings.database,
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                sql.Identifier(name), sql.Literal(password), sql.Identifier(role)
+            ),
+        )
+        created.append(name)
+        return replace(target.settings.database, username=name, password=Secret(password))
+
+    yield make
+    for name in created:
+        drop = sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name))
+        execute_outside_transaction(target.settings.database, drop)

@@ -11,10 +11,11 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from lmnh.config import VARIABLES, Settings
 from lmnh.database import connect
@@ -221,3 +222,56 @@ def stack(*args: str) -> tuple[int, str]:
     """Run `python -m stack ...` on the local defaults."""
     result = run([PYTHON, "-m", "stack", *args, "--env-file", NO_ENV_FILE], clean_env())
     return result.returncode, result.stdout + result.stderr
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Where the broker stored a record, and the timestamp it stored with it."""
+
+    partition: int
+    offset: int
+    timestamp: tuple[int, int]  # (confluent_kafka timestamp type, milliseconds)
+
+
+def produce_records(target: Target, records: Sequence[Mapping[str, Any]]) -> list[Delivered]:
+    """Send records with whatever a producer may set (confluent_kafka `Producer.produce`
+    keyword arguments: value, key, headers, timestamp, partition) to the target's topic, in
+    order, and return where each was stored, from its delivery report. Fails unless the broker
+    acked every one; a record of up to about 1 MB fits (no compression, no batching across
+    large records)."""
+    producer = Producer(
+        {**client_config(target.settings.kafka), "acks": "all", "enable.idempotence": True}
+    )
+    reports: dict[int, Delivered | str] = {}
+
+    def report(index: int, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            reports[index] = f"record {index}: {error.str()}"
+        else:
+            reports[index] = Delivered(
+                message.partition() or 0, message.offset() or 0, message.timestamp()
+            )
+
+    for index, record in enumerate(records):
+        producer.produce(target.topic, on_delivery=partial(report, index), **record)
+        producer.poll(0)
+    assert producer.flush(60) == 0, "records still unacknowledged after 60 s"
+    failures = [r for r in reports.values() if isinstance(r, str)]
+    assert not failures, failures[:5]
+    delivered = [reports[index] for index in range(len(records))]
+    return [d for d in delivered if isinstance(d, Delivered)]
+
+
+def high_watermarks(target: Target, partitions: int) -> dict[int, int]:
+    """Each partition's next offset to be written, for the partitions holding records."""
+    consumer = Consumer(
+        {**client_config(target.settings.kafka), "group.id": f"{target.topic}-watermarks"}
+    )
+    try:
+        marks = {
+            p: consumer.get_watermark_offsets(TopicPartition(target.topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+    return {p: high for p, high in marks.items() if high > 0}

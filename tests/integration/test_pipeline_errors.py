@@ -111,4 +111,19 @@ def test_a_recreated_topic_is_refused_rather_than_silently_skipped(target: Targe
     target.simulate("--count", "30", "--seed", "14", "--backfill", "3", "--until", HISTORY_UNTIL)
     failure = fails(target, {})
     assert exit_code(failure) == ExitCode.TOPIC_MISSING
-    assert "the topic was recreated" in failure
+    assert "recreated" in failure
+
+
+def test_a_topic_recreated_with_as_many_messages_is_refused(target: Target) -> None:
+    """Its offsets look just like the old topic's: only its id tells them apart."""
+    history = ("--count", "300", "--seed", "13", "--backfill", "3", "--until", HISTORY_UNTIL)
+    target.simulate(*history)
+    target.pipeline()
+    delete_topic(target.settings.kafka, target.topic)
+    ensure_topic(target.settings.kafka, target.topic, target.settings.topic_partitions)
+    target.simulate(*history)
+    target.simulate("--count", "30", "--seed", "14", "--backfill", "3", "--until", HISTORY_UNTIL)
+    failure = fails(target, {})
+    assert exit_code(failure) == ExitCode.TOPIC_MISSING
+    assert "recreated" in failure
+    assert target.loaded() == 300  # nothing of the new topic was taken for the old one

@@ -2,51 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import replace
-
 import psycopg2
 import pytest
-from psycopg2 import sql
 
 from lmnh.config import (
     LOCAL_KAFKA_SASL,
     LOCAL_KAFKA_SASL_PASSWORD,
     LOCAL_KAFKA_SASL_USER,
     DatabaseSettings,
-    Secret,
 )
-from lmnh.database import connect, execute_outside_transaction
+from lmnh.database import connect
+from tests.integration.conftest import MakeLogin
 from tests.integration.support import HISTORY_UNTIL, Target, assert_exactly_once, run
 
 pytestmark = pytest.mark.integration
-
-
-MakeLogin = Callable[[str], DatabaseSettings]
-
-
-@pytest.fixture
-def login(target: Target) -> Iterator[MakeLogin]:
-    """Makes fresh login users holding a given group role; drops them afterwards."""
-    created: list[str] = []
-
-    def make(role: str) -> DatabaseSettings:
-        name = f"user_{uuid.uuid4().hex[:10]}"
-        password = f"pw-{uuid.uuid4().hex}"
-        execute_outside_transaction(
-            target.settings.database,
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                sql.Identifier(name), sql.Literal(password), sql.Identifier(role)
-            ),
-        )
-        created.append(name)
-        return replace(target.settings.database, username=name, password=Secret(password))
-
-    yield make
-    for name in created:
-        drop = sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name))
-        execute_outside_transaction(target.settings.database, drop)
 
 
 def denied(db: DatabaseSettings, statement: str) -> bool:

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 VALID = b'{"at": "2026-11-20T12:29:17.958630+00:00", "site": "5", "val": 3}'
 REQUEST = b'{"at": "2026-11-20T09:22:29+00:00", "site": "3", "val": -1, "type": 1}'
+TOPIC_ID = "test-topic-id"
 
 
 def messages(
@@ -31,7 +32,7 @@ def messages(
 def write(store: Store, batch: list[KafkaMessage]):  # type: ignore[no-untyped-def]
     reference = store.load_reference()
     outcomes = [validate(m.value, reference, NOW) for m in batch]
-    return store.write_batch(batch, outcomes, reference, NOW)
+    return store.write_batch(batch, outcomes, reference, NOW, TOPIC_ID)
 
 
 def test_a_replayed_batch_is_skipped_whole(target: Target) -> None:

@@ -203,7 +203,7 @@ def test_copy_rows_of_a_rating_and_a_request() -> None:
     assert request == (1, "1\t2\t2026-03-11T12:29:17.958630+00:00\tlmnh\t2\t8\n")
 
 
-def test_copy_row_of_a_rejection_escapes_what_copy_would_misread() -> None:
+def test_copy_row_of_a_rejection_keeps_its_reason_one_escaped_line() -> None:
     received = RECEIVED.isoformat()
     value = b'{"site": "\\t"}'
     rejected = message(9, value, 1_700_000_000_123)
@@ -213,7 +213,7 @@ def test_copy_row_of_a_rejection_escapes_what_copy_would_misread() -> None:
     assert line.split("\t") == [
         "\\\\x" + value.hex(),
         "invalid_site",
-        'site "\\t" is not\\na known\\\\ exhibition\\r',
+        'site "\\\\x09" is not\\\\x0aa known\\\\ exhibition\\\\x0d\\\\x00',
         "2023-11-14T22:13:20.123000+00:00",
         received,
         "lmnh",
