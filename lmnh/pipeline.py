@@ -33,7 +33,7 @@ _RETRY_MAX_S = 30.0
 _HOLD_CHECK_S = 1.0  # how often a wait for the writer also serves the consumer group
 _REVOKE_WAIT_S = 5.0  # longest a rebalance waits for the batch in flight
 _ERROR_WAIT_S = 5.0  # after an error, how long the batch in flight may still finish
-_CANCEL_WAIT_S = 3.0  # after cancelling its statement, how long the writer has to roll back
+_CANCEL_WAIT_S = 2.0  # after cancelling its statement, how long the writer has to roll back
 T = TypeVar("T")
 # Stores one batch (messages, their outcomes) in one transaction: one attempt.
 WriteBatch = Callable[[Sequence[KafkaMessage], Sequence[Outcome]], WriteResult]
@@ -159,6 +159,7 @@ class Pipeline:
         self._reference: Reference | None = None
         self._reference_loaded = 0.0
         self._in_flight: _Write | None = None
+        self._finishing: _Write | None = None  # taken from _in_flight, being waited for
         self._writer = _Worker("lmnh-writer")
         self._reader = _Worker("lmnh-reader")  # the main thread's reads
         self._source: MessageSource
@@ -252,14 +253,20 @@ class Pipeline:
         it a few more to roll back. A writer that still does not answer (the server is gone)
         is left behind; its transaction never commits without it."""
         self._stop.set()
-        write, self._in_flight = self._in_flight, None
-        if write is None:
+        write = self._in_flight or self._finishing
+        if write is None or write.result.done():
             return
         if not at_once and wait([write.result], _ERROR_WAIT_S).done:
             return
-        threading.Thread(target=self._store.cancel, name="lmnh-cancel", daemon=True).start()
+        threading.Thread(target=self._cancel, name="lmnh-cancel", daemon=True).start()
         if not wait([write.result], _CANCEL_WAIT_S).done:
             log.warning("the batch in flight did not end; abandoned, never committed")
+
+    def _cancel(self) -> None:
+        try:
+            self._store.cancel()
+        except Exception as error:  # the server is gone: nothing runs there to cancel
+            log.warning("could not cancel the statement in flight: %s", error)
 
     def _idle(self, source: MessageSource, last_activity: float, now: float) -> bool:
         """Idle: nothing for `idle_timeout_s` since the last activity or rebalance. Joining the
@@ -320,6 +327,7 @@ class Pipeline:
         """Wait for a batch's transaction, then commit its offsets to Kafka and log rejects."""
         source = self._source
         held = False
+        self._finishing = write  # until it is done, also for _give_up after an interruption
         while True:
             try:
                 result = write.result.result(timeout=_HOLD_CHECK_S if may_hold else None)
@@ -327,6 +335,7 @@ class Pipeline:
             except TimeoutError:  # the database is slow or away: stay in the group meanwhile
                 source.hold()
                 held = True
+        self._finishing = None
         if held:
             source.release()
         source.commit(write.messages)

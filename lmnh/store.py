@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Bytes handed to COPY per read. Each read re-takes the GIL, which the validating main thread
 # holds for up to the switch interval (5 ms): psycopg2's 8 KiB default stalls the writer.
 _COPY_CHUNK = 4 << 20
-_CLOSE_TIMEOUT_S = 2.0
+_CLOSE_TIMEOUT_S = 1.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The main thread's reads, bounded: a signal is only handled between them, and the consumer
 # group waits while they run. A timeout is transient: retried with backoff.
@@ -140,16 +140,22 @@ class Store:
             conn.close()
 
     def cancel(self) -> None:
-        """Ask the server to cancel whatever each connection is running (a COPY blocked on a
-        lock, say), so that the thread waiting on it gets an error and can give up. Blocks
-        while the cancel request connects: call it where a wait is affordable."""
+        """Ask the server to cancel whatever this store's connections are running (a COPY
+        blocked on a lock, say), so that the thread waiting on it gets an error and gives up.
+
+        Through a connection of its own (`pg_cancel_backend`), not libpq's cancel request,
+        which psycopg2 sends holding the interpreter lock: a server that does not answer
+        would then freeze every thread. This one may wait up to the connect timeout."""
         with self._lock:
-            connections = list(self._connections.values())
-        for conn in connections:
-            try:
-                conn.cancel()
-            except Exception as error:  # the server is gone: nothing is running there either
-                log.debug("cancel failed: %s", error)
+            backends = [c.info.backend_pid for c in self._connections.values() if not c.closed]
+        conn = connect(self._db, application_name="lmnh-pipeline-cancel")
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_cancel_backend(pid) FROM unnest(%s::int[]) AS pid", (backends,)
+                )
+        finally:
+            conn.close()
 
     def close(self) -> None:
         """Close every connection; bounded, because one still busy in a thread that was given

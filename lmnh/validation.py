@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from lmnh.events import Outcome, RatingEvent, Reason, Rejection, RequestEvent
+from lmnh.events import Outcome, RatingEvent, Reason, Rejection, RequestEvent, storable_text
 from lmnh.reference import KIOSK_REFERENCE, Reference
 
 MUSEUM_CLOCK = ZoneInfo("Europe/London")
@@ -22,14 +22,21 @@ CLOSES = time(18, 15, 0)  # inclusive: 18:15:00.000000 is open, 18:15:00.000001 
 CLOCK_SKEW = timedelta(seconds=5)
 REQUEST_MARKER = -1  # `val` of a request button press; its kind is in `type`
 
-# Shape first, then parse: `datetime.fromisoformat` accepts far more than the feed's format.
-# [0-9] rather than \d, which would match other scripts' digits.
-_AT_SHAPE = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+# RFC 3339 section 5.6's `date-time` (its NOTE allows "t" and "z"; a fraction has 1 or more
+# digits), checked before parsing because `datetime.fromisoformat` accepts far more. Ranges
+# that need no calendar are checked here; the day against its month by `datetime`. [0-9]
+# rather than \d, which would match other scripts' digits.
+_RFC3339 = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:SECOND"
+    r"(?:\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 )
+_AT_SHAPE = re.compile(_RFC3339.replace("SECOND", "[0-5][0-9]"))
+# RFC 3339 allows second 60 on the day of a leap second; it is refused, but by name.
+_LEAP_SECOND = re.compile(_RFC3339.replace("SECOND", "60"))
+_AT_EXAMPLE = "2025-03-11T12:29:17.958630+00:00"
 _UTF8_BOM = b"\xef\xbb\xbf"
-_SHOWN_CHARS = 40
+_SHOWN_CHARS = 40  # of a value quoted in a reason
+_MESSAGE_CHARS = 200  # of any other text from outside (a parser's error, a type's name)
 
 
 def validate_message(message: object) -> tuple[bool, str]:
@@ -100,13 +107,10 @@ def _judge_time(
     value: int,
     event: type[RatingEvent] | type[RequestEvent],
 ) -> Outcome:
-    """Rules 6 to 9: the timestamp's shape, opening hours, the future, the exhibition's start."""
+    """Rules 12 to 15: the timestamp itself, opening hours, the future, the exhibition's start."""
     parsed = _parse_at(raw_at)
-    if parsed is None:
-        return Rejection(
-            Reason.INVALID_AT,
-            f"at {_show(raw_at)} is not a date-time like 2025-03-11T12:29:17.958630+00:00",
-        )
+    if isinstance(parsed, str):
+        return Rejection(Reason.INVALID_AT, f"at {_show(raw_at)} {parsed}")
     at, local = parsed
     if not OPENS <= local.time() <= CLOSES:
         return Rejection(
@@ -154,14 +158,14 @@ def _parse_json(raw: object) -> Any:
             return Rejection(Reason.INVALID_ENCODING, "the message starts with a byte order mark")
     else:
         return Rejection(
-            Reason.INVALID_ENCODING, f"expected bytes or text, got {type(raw).__name__}"
+            Reason.INVALID_ENCODING, f"expected bytes or text, got {_storable(type(raw).__name__)}"
         )
     try:
         return _DECODER.decode(text)
     except RecursionError:
         return Rejection(Reason.INVALID_JSON, "the JSON is nested too deeply")
     except ValueError as error:  # JSONDecodeError, and ints longer than Python will convert
-        return Rejection(Reason.INVALID_JSON, _first_line(str(error)))
+        return Rejection(Reason.INVALID_JSON, _storable(_first_line(str(error))))
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -186,28 +190,45 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def _parse_at(value: Any) -> tuple[datetime, datetime] | None:
-    """The instant `value` names, as written and on the museum's clock; None unless it has the
-    feed's shape and exists on both."""
+def _parse_at(value: Any) -> tuple[datetime, datetime] | str:
+    """The instant an RFC 3339 date-time names, as written and on the museum's clock; or, as
+    the end of a reason's sentence, why `value` names none that can be stored."""
     if type(value) is not str or _AT_SHAPE.fullmatch(value) is None:
-        return None
+        if type(value) is str and _LEAP_SECOND.fullmatch(value):
+            return "is a leap second (second 60), which Python's datetime cannot represent"
+        return f"is not an RFC 3339 date-time like {_AT_EXAMPLE}"
     try:
-        # Safe once the shape is checked: fromisoformat alone accepts far more.
+        # Given the shape, fromisoformat reads it as RFC 3339 means (either separator, fraction
+        # truncated to microseconds, -00:00 as UTC), but for a lower-case Z.
         at = datetime.fromisoformat(value)
+    except ValueError as error:  # 2025-02-30, month 13, year 0; or a "z"
+        if value[-1] == "z":  # checked only here, off the common path
+            return _parse_at(value[:-1] + "Z")
+        return f"is not a real date-time ({_storable(str(error))})"
+    try:
         return at, at.astimezone(MUSEUM_CLOCK)
-    except ValueError:  # 2025-02-30, 24:00:00, second 60, offset +24:00
-        return None
     except OverflowError:  # 0001-01-01T00:00:30Z is still in year 0 on London's clock
-        return None
+        return "is too close to year 1 or year 9999 to be read on London's clock"
 
 
 def _show(value: Any) -> str:
-    """The offending value as JSON, short enough for a log line."""
+    """The offending value as JSON, short enough for a log line, and storable: a lone surrogate
+    (which a JSON escape like \\ud800 yields), NUL or line separator in it is escaped."""
+    if type(value) is str and len(value) > _SHOWN_CHARS:
+        value = value[:_SHOWN_CHARS]  # still cut below; spares encoding a megabyte to show 40
     try:
         shown = json.dumps(value, ensure_ascii=False)
     except (ValueError, TypeError, RecursionError):
         shown = type(value).__name__
-    return shown if len(shown) <= _SHOWN_CHARS else shown[: _SHOWN_CHARS - 3] + "..."
+    if len(shown) > _SHOWN_CHARS:
+        shown = shown[: _SHOWN_CHARS - 3] + "..."
+    return storable_text(shown)
+
+
+def _storable(text: str) -> str:
+    """Text from outside the validator (a parser's error, a type's name), storable like
+    `_show`'s and as short whatever it escapes (the first cut only spares escaping a lot)."""
+    return storable_text(text[:_MESSAGE_CHARS])[:_MESSAGE_CHARS]
 
 
 def _show_values(values: frozenset[int]) -> str:
