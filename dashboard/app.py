@@ -4,7 +4,7 @@ chart, each answered by a server-side SQL aggregate over the reporting views."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -15,10 +15,12 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from psycopg2.extensions import cursor as Cursor
+from starlette.exceptions import HTTPException
 
 from dashboard import queries
-from dashboard.filters import FilterError, Filters, parse_filters
-from dashboard.pool import ConnectionPool
+from dashboard.api_schema import ChartBody, ErrorBody, MetaBody
+from dashboard.filters import RULES, FilterError, Filters, openapi_parameters, parse_filters
+from dashboard.pool import ConnectionPool, ValueRefused
 from lmnh.config import DatabaseSettings
 from lmnh.errors import FatalError, TransientError
 from lmnh.validation import MUSEUM_CLOCK
@@ -35,8 +37,18 @@ CHARTS: dict[str, Callable[[Cursor, Filters], list[queries.Row]]] = {
     "requests-by-exhibition": queries.requests_by_exhibition,
     "request-heatmap": queries.request_heatmap,
 }
+CHART_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "The chart (see /api/meta's `charts`); any other name is a 404.",
+    "schema": {"type": "string", "enum": sorted(CHARTS)},
+}
 # Never cache data: a wall screen must see what the database holds now.
 NO_STORE = {"Cache-Control": "no-store"}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "The database is down, busy or refusing us."}
+}
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +74,14 @@ def create_app(
 
     app = FastAPI(
         title="LMNH dashboards",
-        description="Live kiosk feedback for the Exhibitions Manager and the Head of Security.",
+        description="Live kiosk feedback for the Exhibitions Manager and the Head of Security."
+        " Every error answers with a JSON body whose `error` says what is wrong.",
         lifespan=lifespan,
         docs_url="/api/docs",
         redoc_url=None,
         openapi_url="/api/openapi.json",
+        # One schema per model: an error without `problems` must match the documented one.
+        separate_input_output_schemas=False,
     )
     # The charting library is about 0.8 MB; compressed it loads fast on a wall screen's Wi-Fi.
     app.add_middleware(GZipMiddleware, minimum_size=1024)
@@ -85,7 +100,7 @@ def create_app(
     def safety_page() -> FileResponse:
         return FileResponse(PAGES["safety"], headers=NO_STORE)
 
-    @app.get("/api/meta")
+    @app.get("/api/meta", responses={200: {"model": MetaBody}, **UNAVAILABLE})
     def meta() -> Response:
         """What the filters offer, how fresh the data is, and the server's page settings."""
         today = datetime.now(MUSEUM_CLOCK).date()
@@ -100,9 +115,24 @@ def create_app(
             body["freshness"] = queries.freshness(cur)
         return JSONResponse(body, headers=NO_STORE)
 
-    @app.get("/api/charts/{name}")
-    def chart(name: str, request: Request) -> Response:
-        """The rows of one chart under the filters in the query string (see dashboard.filters)."""
+    @app.get(
+        "/api/charts/{name}",
+        description=f"The rows of one chart under the filters in the query string. {RULES}",
+        responses={
+            200: {"model": ChartBody},
+            400: {
+                "model": ErrorBody,
+                "description": "The filters cannot be read; `problems` lists every one.",
+            },
+            404: {"model": ErrorBody, "description": "No chart of that name."},
+            **UNAVAILABLE,
+        },
+        # Documented here rather than read by FastAPI, so that parse_filters alone judges them
+        # (FastAPI would keep the last of a repeated value and ignore unknown names).
+        openapi_extra={"parameters": [CHART_NAME, *openapi_parameters()]},
+    )
+    def chart(request: Request) -> Response:
+        name = request.path_params["name"]
         if name not in CHARTS:
             known = ", ".join(sorted(CHARTS))
             return _error(404, f"no chart {name!r}; charts: {known}")
@@ -124,6 +154,17 @@ def create_app(
     def bad_filters(_request: Request, error: FilterError) -> Response:
         return _error(400, f"the filters cannot be read: {error}", problems=error.problems)
 
+    @app.exception_handler(ValueRefused)
+    def value_refused(_request: Request, error: ValueRefused) -> Response:
+        log.warning("%s", error)  # parse_filters should have caught it: worth a look
+        return _error(400, f"the filters cannot be used: {error}")
+
+    @app.exception_handler(HTTPException)
+    def http_error(request: Request, error: HTTPException) -> Response:
+        """No route, or a method it does not take: the same JSON error body as the rest."""
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        return _error(error.status_code, message, headers=error.headers)
+
     @app.exception_handler(TransientError)
     def database_down(_request: Request, error: TransientError) -> Response:
         log.warning("%s", error)
@@ -137,5 +178,9 @@ def create_app(
     return app
 
 
-def _error(status: int, message: str, **extra: Any) -> Response:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=NO_STORE)
+def _error(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> Response:
+    return JSONResponse(
+        {"error": message, **extra}, status_code=status, headers={**NO_STORE, **(headers or {})}
+    )

@@ -10,6 +10,9 @@ A view is shared by link, so every filter lives in the query string:
     hour_from=9&hour_to=12            hours of the museum's clock, inclusive: 09:00-12:59
     granularity=quarter               the time-of-day chart's step: hour (default) or quarter
     heatmap=exhibition                the heatmap's rows: floor (default) or exhibition
+
+An empty value (`from=`) counts as not given. Every other value must be exactly as
+`openapi_parameters` documents it: no surrounding spaces, lower-case words, ISO dates only.
 """
 
 from __future__ import annotations
@@ -18,14 +21,25 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from lmnh.errors import PipelineError
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366 * 20
+LAST_HOUR = 23
 REQUEST_TYPES = {"assistance": 0, "emergency": 1}
-_PUBLIC_ID = re.compile(r"EXH_[0-9]{2,6}")
+GRANULARITIES = ("hour", "quarter")
+HEATMAP_ROWS = ("floor", "exhibition")
+FLOOR_NAME_MAX = 100
+_PUBLIC_ID_PATTERN = "EXH_[0-9]{2,6}"
+_PUBLIC_ID = re.compile(_PUBLIC_ID_PATTERN)
+# Only the RFC 3339 shape: date.fromisoformat alone also takes 20261031 and 2026-W44-6.
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# A bounded run of ASCII digits: int() refuses strings of over 4,300 digits with a ValueError.
+_WHOLE = re.compile(r"[0-9]{1,9}")
+_CALENDAR = f"{date.min} to {date.max}"
+_SHOWN_CHARS = 40
 _ONE_VALUE = ("from", "to", "days", "request", "hour_from", "hour_to", "granularity", "heatmap")
 _MANY_VALUES = ("exhibition", "floor")
 
@@ -88,13 +102,13 @@ def parse_filters(pairs: Iterable[tuple[str, str]], today: date) -> Filters:
     """Read the filters from query-string pairs; `today` is the London date now.
 
     Raises `FilterError` listing every problem: an unknown name, a value given twice where one
-    is expected, a date or hour that cannot be read, or a range that ends before it starts.
+    is expected, a value outside what `openapi_parameters` documents (including text that
+    PostgreSQL cannot hold), or a range that ends before it starts or is too long.
     """
     problems: list[str] = []
     single: dict[str, str] = {}
     many: dict[str, list[str]] = {name: [] for name in _MANY_VALUES}
-    for name, raw in pairs:
-        value = raw.strip()
+    for name, value in pairs:
         if name in _MANY_VALUES:
             if value:
                 many[name].append(value)
@@ -105,65 +119,65 @@ def parse_filters(pairs: Iterable[tuple[str, str]], today: date) -> Filters:
                 single[name] = value
         else:
             known = ", ".join((*_ONE_VALUE, *_MANY_VALUES))
-            problems.append(f"unknown filter {name!r} (known: {known})")
+            problems.append(f"unknown filter {_show(name)} (known: {known})")
 
     def day(name: str) -> date | None:
-        if name not in single:
+        raw = single.get(name)
+        if raw is None:
             return None
-        try:
-            return date.fromisoformat(single[name])
-        except ValueError:
-            problems.append(f"{name}={single[name]!r} is not a date like 2026-10-31")
-            return None
+        if _DATE.fullmatch(raw):
+            try:
+                return date.fromisoformat(raw)
+            except ValueError:
+                pass
+        problems.append(f"{name}={_show(raw)} is not a date like 2026-10-31 ({_CALENDAR})")
+        return None
 
     def whole(name: str, default: int, low: int, high: int) -> int:
         raw = single.get(name)
         if raw is None:
             return default
-        if not (raw.isascii() and raw.isdigit() and low <= int(raw) <= high):
-            problems.append(f"{name}={raw!r} must be a whole number from {low} to {high}")
+        if not (_WHOLE.fullmatch(raw) and low <= int(raw) <= high):
+            problems.append(f"{name}={_show(raw)} must be a whole number from {low} to {high}")
             return default
         return int(raw)
 
     days = whole("days", DEFAULT_DAYS, 1, MAX_DAYS)
-    start, end = day("from"), day("to")
-    if end is None:
-        end = today
-    if start is None:
-        start = end - timedelta(days=days - 1)
-    if start > end:
-        problems.append(f"from {start} is after to {end}")
-    elif (end - start).days >= MAX_DAYS:
-        problems.append(f"the date range is longer than {MAX_DAYS} days")
+    unreadable = len(problems)
+    given_from, given_to = day("from"), day("to")
+    end = given_to or today
+    # Nothing is dated before 0001-01-01: a rolling window stops there instead of overflowing.
+    start = given_from or end - timedelta(days=min(days - 1, (end - date.min).days))
+    if len(problems) == unreadable:  # a range is judged only once both of its ends are read
+        if start > end:
+            today_note = "" if "to" in single else " (today)"
+            problems.append(f"from {start} is after to {end}{today_note}")
+        elif (end - start).days >= MAX_DAYS:
+            problems.append(f"the date range is longer than {MAX_DAYS} days")
 
-    hour_from = whole("hour_from", 0, 0, 23)
-    hour_to = whole("hour_to", 23, 0, 23)
+    hour_from = whole("hour_from", 0, 0, LAST_HOUR)
+    hour_to = whole("hour_to", LAST_HOUR, 0, LAST_HOUR)
     if hour_from > hour_to:
         problems.append(f"hour_from {hour_from} is after hour_to {hour_to}")
 
     for public_id in many["exhibition"]:
         if not _PUBLIC_ID.fullmatch(public_id):
-            problems.append(f"exhibition={public_id!r} is not an exhibition id like EXH_01")
+            problems.append(f"exhibition={_show(public_id)} is not an exhibition id like EXH_01")
     for floor in many["floor"]:
-        if len(floor) > 100:
-            problems.append(f"floor={floor[:20]!r}... is longer than a floor name can be")
+        if len(floor) > FLOOR_NAME_MAX:
+            problems.append(f"floor={_show(floor)} is longer than a floor name can be")
+        elif not _fits_text(floor):
+            problems.append(f"floor={_show(floor)} holds a NUL or a lone surrogate: no name can")
 
-    request_values: tuple[int, ...] = ()
-    if "request" in single:
-        request = single["request"].lower()
-        if request in REQUEST_TYPES:
-            request_values = (REQUEST_TYPES[request],)
-        else:
-            problems.append(f"request={single['request']!r} must be assistance or emergency")
-
+    request = single.get("request")
+    if request is not None and request not in REQUEST_TYPES:
+        problems.append(f"request={_show(request)} must be assistance or emergency")
     granularity = single.get("granularity", "hour")
-    if granularity not in ("hour", "quarter"):
-        problems.append(f"granularity={granularity!r} must be hour or quarter")
-        granularity = "hour"
+    if granularity not in GRANULARITIES:
+        problems.append(f"granularity={_show(granularity)} must be hour or quarter")
     heatmap = single.get("heatmap", "floor")
-    if heatmap not in ("floor", "exhibition"):
-        problems.append(f"heatmap={heatmap!r} must be floor or exhibition")
-        heatmap = "floor"
+    if heatmap not in HEATMAP_ROWS:
+        problems.append(f"heatmap={_show(heatmap)} must be floor or exhibition")
 
     if problems:
         raise FilterError(problems)
@@ -172,9 +186,98 @@ def parse_filters(pairs: Iterable[tuple[str, str]], today: date) -> Filters:
         end=end,
         exhibitions=tuple(sorted(set(many["exhibition"]))),
         floors=tuple(sorted(set(many["floor"]))),
-        request_values=request_values,
+        request_values=(REQUEST_TYPES[request],) if request else (),
         hour_from=hour_from,
         hour_to=hour_to,
         granularity="quarter" if granularity == "quarter" else "hour",
         heatmap="exhibition" if heatmap == "exhibition" else "floor",
     )
+
+
+def _show(value: str) -> str:
+    """A value as an error quotes it: escaped (NUL, surrogates) and cut short."""
+    return repr(value) if len(value) <= _SHOWN_CHARS else f"{value[:_SHOWN_CHARS]!r}..."
+
+
+def _fits_text(value: str) -> bool:
+    """Whether PostgreSQL can take `value` as text: UTF-8 without NUL (psycopg2 refuses NUL)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return "\x00" not in value
+
+
+# Rules between filters, which OpenAPI cannot state per parameter; a 400 names the one broken.
+RULES = (
+    f"`from` is not after `to`; the range covers at most {MAX_DAYS} days; `hour_from` is not"
+    " after `hour_to`; a filter that takes one value is given once; no other names are allowed."
+)
+
+
+def openapi_parameters() -> list[dict[str, Any]]:
+    """The filters as OpenAPI query parameters, built from the bounds that `parse_filters`
+    enforces, so that the documented contract and the behaviour cannot drift apart."""
+
+    def one(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        # allowEmptyValue: `from=` is accepted and means "not given".
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "allowEmptyValue": True,
+            "description": description,
+            "schema": schema,
+        }
+
+    def many(name: str, item: dict[str, Any], description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "style": "form",
+            "explode": True,
+            "description": f"{description} Repeatable; none means all; an empty value is ignored.",
+            "schema": {"type": "array", "items": item},
+        }
+
+    def hour(default: int) -> dict[str, Any]:
+        return {"type": "integer", "minimum": 0, "maximum": LAST_HOUR, "default": default}
+
+    london_date = {"type": "string", "format": "date"}
+    return [
+        one("from", london_date, f"First London date, inclusive ({_CALENDAR})."),
+        one("to", london_date, f"Last London date, inclusive ({_CALENDAR}; default: today)."),
+        one(
+            "days",
+            {"type": "integer", "minimum": 1, "maximum": MAX_DAYS, "default": DEFAULT_DAYS},
+            "Length of the rolling window that ends on `to`, used when `from` is not given.",
+        ),
+        many(
+            "exhibition",
+            {"type": "string", "pattern": f"^({_PUBLIC_ID_PATTERN})?$"},
+            "Exhibition id, like EXH_01.",
+        ),
+        many(
+            "floor",
+            {"type": "string", "maxLength": FLOOR_NAME_MAX, "pattern": "^[^\\x00]*$"},
+            "Floor name, as /api/meta lists them (Vault, 1, 2, ...).",
+        ),
+        one(
+            "request",
+            {"type": "string", "enum": list(REQUEST_TYPES)},
+            "Request type; none means both (ratings are not affected).",
+        ),
+        one("hour_from", hour(0), "First hour of the museum's day, inclusive."),
+        one("hour_to", hour(LAST_HOUR), "Last hour of the museum's day, inclusive (12: 12:59)."),
+        one(
+            "granularity",
+            {"type": "string", "enum": list(GRANULARITIES), "default": "hour"},
+            "The step of requests-by-time-of-day.",
+        ),
+        one(
+            "heatmap",
+            {"type": "string", "enum": list(HEATMAP_ROWS), "default": "floor"},
+            "The rows of request-heatmap.",
+        ),
+    ]

@@ -12,11 +12,16 @@ from psycopg2.extensions import cursor as Cursor
 
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
-from lmnh.errors import TransientError
+from lmnh.errors import PipelineError, TransientError
 
 # A chart query that runs longer than this is cut off: the page shows an error and retries,
 # instead of a wall screen waiting forever on a stuck query.
 STATEMENT_TIMEOUT_MS = 15_000
+
+
+class ValueRefused(PipelineError):
+    """PostgreSQL refused a value that the query was given (SQLSTATE class 22, data exception):
+    the values come from a request, so this is the request's fault, not the server's."""
 
 
 class ConnectionPool:
@@ -37,18 +42,22 @@ class ConnectionPool:
         """A cursor on a pooled connection; a broken connection is dropped, not reused.
 
         Raises `TransientError` (from `lmnh.database.connect`, or when the server goes away
-        mid-query) for anything that waiting may heal.
+        before or during the query) for anything that waiting may heal, and `ValueRefused` when
+        the database refuses a value of the query.
         """
-        conn = self._take()
+        try:
+            conn = self._take()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+            raise self._failed(error) from None
         healthy = False
         try:
             with conn.cursor() as cur:
                 yield cur
             healthy = True
+        except psycopg2.DataError as error:
+            raise ValueRefused(f"the database refused a value: {_first_line(error)}") from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
-            where = f"{self._database.host}:{self._database.port}/{self._database.name}"
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
-            raise TransientError(f"database query failed at {where}: {first_line}") from None
+            raise self._failed(error) from None
         finally:
             self._give_back(conn, healthy)
 
@@ -63,13 +72,21 @@ class ConnectionPool:
             if self._idle:
                 return self._idle.pop()
         conn = connect(self._database, application_name="lmnh-dashboard")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(
-                "SET default_transaction_read_only = on; SET statement_timeout = %s",
-                (STATEMENT_TIMEOUT_MS,),
-            )
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SET default_transaction_read_only = on; SET statement_timeout = %s",
+                    (STATEMENT_TIMEOUT_MS,),
+                )
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _failed(self, error: psycopg2.Error) -> TransientError:
+        where = f"{self._database.host}:{self._database.port}/{self._database.name}"
+        return TransientError(f"database query failed at {where}: {_first_line(error)}")
 
     def _give_back(self, conn: Connection, healthy: bool) -> None:
         if healthy and not conn.closed:
@@ -78,3 +95,8 @@ class ConnectionPool:
                     self._idle.append(conn)
                     return
         conn.close()
+
+
+def _first_line(error: psycopg2.Error) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no answer"

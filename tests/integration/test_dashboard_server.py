@@ -1,5 +1,5 @@
 """`python -m dashboard` as a process: it starts without a database and says why the data is
-missing, names bad filters and unknown charts, and refuses a port that is taken."""
+missing, names bad filters, unknown charts and paths, and refuses a port that is taken."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ def test_bad_requests_are_named(server_without_database: str) -> None:
     status, body = get(f"{server_without_database}/api/charts/popularity?hour_from=25&request=fire")
     assert status == 400
     assert len(body["problems"]) == 2
+    status, body = get(f"{server_without_database}/api/chart/popularity")
+    assert (status, body["error"]) == (404, "GET /api/chart/popularity: Not Found")
 
 
 def test_a_taken_port_is_refused_with_a_hint() -> None:

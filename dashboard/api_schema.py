@@ -1,0 +1,72 @@
+"""The JSON bodies of the API, as its OpenAPI document describes them.
+
+Documentation only: the endpoints build plain dicts, so no answer pays for validation, and the
+fuzzing test (tests/integration/test_dashboard_fuzz.py) checks that every answer matches.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 503: what is wrong, for the page to show."""
+
+    error: str = Field(description="What is wrong, in one sentence.")
+    problems: list[str] = Field(
+        default=[], description="With a 400 for filters: every filter that cannot be read."
+    )
+
+
+class Exhibition(BaseModel):
+    public_id: str
+    exhibition_name: str
+    floor_name: str
+
+
+class RequestType(BaseModel):
+    request_value: int
+    request_description: str
+
+
+class RatingValue(BaseModel):
+    rating_value: int
+    rating_description: str
+
+
+class Freshness(BaseModel):
+    """When the newest interaction happened and when the pipeline last stored a batch."""
+
+    latest_interaction_at: datetime | None
+    latest_rating_at: datetime | None
+    latest_request_at: datetime | None
+    last_loaded_at: datetime | None
+    queried_at: datetime | None
+
+
+class MetaBody(BaseModel):
+    """What the filters offer, how fresh the data is, and the server's page settings."""
+
+    refresh_seconds: int
+    stale_minutes: int
+    today: date = Field(description="Today's date in London.")
+    charts: list[str]
+    exhibitions: list[Exhibition]
+    floors: list[str] = Field(description="Bottom to top.")
+    request_types: list[RequestType]
+    ratings: list[RatingValue]
+    freshness: Freshness
+
+
+class ChartBody(BaseModel):
+    """One chart's rows, with the filters as read (defaults filled in) in their URL form."""
+
+    chart: str
+    filters: dict[str, str | list[str]]
+    bucket: Literal["day", "week", "month"] = Field(
+        description="The step of rating-over-time for this date range."
+    )
+    rows: list[dict[str, Any]]
