@@ -367,22 +367,35 @@ class Pipeline:
     def _current_reference(self, *, reload: bool = False) -> Reference:
         if self._reference is None or reload:
             self._reference = self._retry(
-                lambda: self._reader.submit(self._store.load_reference).result()
+                lambda: self._reader.submit(self._store.load_reference).result(),
+                serve_group=True,
             )
             self._reference_loaded = time.monotonic()
         return self._reference
 
-    def _retry(self, action: Callable[[], T]) -> T:
+    def _retry(self, action: Callable[[], T], *, serve_group: bool = False) -> T:
         """Run `action`, waiting out transient database failures with bounded backoff.
 
         Nothing is committed to Kafka meanwhile; a stop during the wait raises `Stopped`.
+        On the main thread (`serve_group`) the wait also serves the consumer group, which
+        would otherwise expel this member once `max.poll.interval.ms` has passed.
         """
         delay = _RETRY_FIRST_S
+        held = False
         while True:
             try:
-                return action()
+                result = action()
+                break
             except TransientError as error:
                 log.warning("%s; retrying in %.1f s", error, delay)
-            if self._stop.wait(delay):
-                raise Stopped
+            deadline = time.monotonic() + delay
+            while (left := deadline - time.monotonic()) > 0:
+                if self._stop.wait(min(left, _HOLD_CHECK_S) if serve_group else left):
+                    raise Stopped
+                if serve_group:
+                    self._source.hold()
+                    held = True
             delay = min(delay * 2, _RETRY_MAX_S)
+        if held:
+            self._source.release()
+        return result

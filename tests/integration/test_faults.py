@@ -230,3 +230,42 @@ def test_a_new_exhibition_is_picked_up_without_a_restart(target: Target, tmp_pat
         "SELECT count(*) FROM rating_interaction JOIN exhibition USING (exhibition_id)"
         " WHERE public_id = 'EXH_06'"
     ) == [(10,)]
+
+
+def test_a_rebalance_while_the_database_is_down_expels_no_one(
+    target: Target, tmp_path: Path
+) -> None:
+    """Rebalance callbacks must not wait for the database: members that give up or take
+    partitions while it is down would miss the group's deadline and be expelled in a loop."""
+    report = target.history(100_000, seed=27)
+    group = ("--follow", "--group-id", f"{target.topic}-group", "--batch-size", "500")
+    poll_interval = {"KAFKA_MAX_POLL_INTERVAL_MS": "10000"}
+    logs = [tmp_path / f"member{n}.log" for n in range(3)]
+    processes = [target.start_pipeline(log, *group, env=poll_interval) for log in logs]
+    deadline = time.monotonic() + 60
+    while not all("resuming" in log.read_text() for log in logs):
+        assert time.monotonic() < deadline, "the members never all had partitions"
+        time.sleep(0.2)
+    service("down", "postgres")
+    try:
+        processes[0].kill()  # its partitions move to the others once its session expires
+        processes[0].wait()
+        before = [log.read_text().count("assigned") for log in logs[1:]]
+        deadline = time.monotonic() + 60
+        while [log.read_text().count("assigned") for log in logs[1:]] == before:
+            assert time.monotonic() < deadline, "the group did not rebalance"
+            time.sleep(0.2)
+        time.sleep(25)  # the outage goes on, well past two poll intervals after the rebalance
+        assert all(p.poll() is None for p in processes[1:]), "a member gave up"
+        during = "".join(log.read_text() for log in logs[1:])
+    finally:
+        service("up", "postgres")
+    assigned = [log.read_text().count("assigned") for log in logs[1:]]
+    assert all(n <= b + 2 for n, b in zip(assigned, before, strict=True)), "reassigned in a loop"
+    assert "wait for their start offsets" in during
+    target.wait_until_loaded(report["sent"])
+    for process in processes[1:]:
+        assert stop(process) == 0
+    after = "".join(log.read_text() for log in logs[1:])
+    assert "maximum poll interval" not in after.lower(), "the group expelled a member"
+    assert_exactly_once(target, report)
