@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from lmnh.config import LOCAL_KAFKA_SASL, LOCAL_KAFKA_SASL_PASSWORD, LOCAL_KAFKA_SASL_USER
@@ -127,3 +130,23 @@ def test_a_topic_recreated_with_as_many_messages_is_refused(target: Target) -> N
     assert exit_code(failure) == ExitCode.TOPIC_MISSING
     assert "recreated" in failure
     assert target.loaded() == 300  # nothing of the new topic was taken for the old one
+
+
+def test_a_topic_recreated_while_loading_stops_the_run(target: Target, tmp_path: Path) -> None:
+    history = ("--count", "300", "--seed", "13", "--backfill", "3", "--until", HISTORY_UNTIL)
+    target.simulate(*history)
+    log = tmp_path / "pipeline.log"
+    process = target.start_pipeline(log, "--follow")
+    deadline = time.monotonic() + 60
+    while target.loaded() < 300:
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    delete_topic(target.settings.kafka, target.topic)
+    ensure_topic(target.settings.kafka, target.topic, target.settings.topic_partitions)
+    target.simulate(*history)
+    code = process.wait(timeout=60)
+    output = log.read_text()
+    assert code == ExitCode.TOPIC_MISSING, output[-3000:]
+    assert "recreated" in output or "is gone" in output
+    assert "Traceback" not in output
+    assert target.loaded() == 300
