@@ -232,8 +232,7 @@ class Pipeline:
                 last_activity = now
                 outcomes = self._validate(messages, datetime.now(UTC))
             if self._in_flight is not None:
-                write, self._in_flight = self._in_flight, None
-                self._finish(write)
+                self._finish_in_flight()
                 last_activity = max(last_activity, time.monotonic())
             if messages:
                 self._in_flight = self._submit(messages, outcomes, now)
@@ -243,8 +242,11 @@ class Pipeline:
             if now - last_progress >= options.progress_interval_s:
                 last_progress = now
                 log.info("progress: %s", stats.summary())
-        if self._in_flight is not None:  # whole, so finish it, also on a stop
-            write, self._in_flight = self._in_flight, None
+        self._finish_in_flight()  # whole, so finish it, also on a stop
+
+    def _finish_in_flight(self) -> None:
+        write, self._in_flight = self._in_flight, None
+        if write is not None:
             self._finish(write)
 
     def _give_up(self, *, at_once: bool) -> None:
