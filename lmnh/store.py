@@ -123,12 +123,18 @@ class Store:
         """A transaction on this thread's connection. Every failure leaves it as the project's
         error for what to do about it (`lmnh.database.classify`); after a transient one the
         connection is dropped, and the next call opens a fresh one."""
+        conn = self._connection()
         try:
-            conn = self._connection()
             with conn, conn.cursor() as cur:
                 yield cur
         except Exception as error:
-            classified = classify(error)
+            # Whatever was raised, a connection that broke meanwhile says why: psycopg2 may
+            # report a server shutting down mid-COPY as a SystemError of its own.
+            classified = (
+                TransientError(f"database connection lost ({error})")
+                if conn.closed
+                else classify(error)
+            )
             if isinstance(classified, TransientError):
                 self._drop_connection()
             raise classified from error
@@ -323,12 +329,18 @@ def copy_row(
     if isinstance(outcome, RatingEvent):
         exhibition = reference.exhibition_ids[outcome.exhibition_public_id]
         rating = reference.rating_ids[outcome.rating_value]
-        return 0, f"{exhibition}\t{rating}\t{outcome.at.isoformat()}\t{coordinates}"
+        return 0, f"{exhibition}\t{rating}\t{_utc(outcome.at)}\t{coordinates}"
     if isinstance(outcome, RequestEvent):
         exhibition = reference.exhibition_ids[outcome.exhibition_public_id]
         request = reference.request_ids[outcome.request_value]
-        return 1, f"{exhibition}\t{request}\t{outcome.at.isoformat()}\t{coordinates}"
+        return 1, f"{exhibition}\t{request}\t{_utc(outcome.at)}\t{coordinates}"
     return 2, _rejected_row(message, outcome, received, coordinates)
+
+
+def _utc(at: datetime) -> str:
+    """The instant in UTC: RFC 3339 allows offsets up to +-23:59, PostgreSQL under 16 hours,
+    and timestamptz keeps only the instant anyway."""
+    return at.astimezone(UTC).isoformat()
 
 
 def _rejected_row(
