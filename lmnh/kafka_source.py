@@ -26,12 +26,14 @@ _CONSUME_SLICE_S = 0.2
 _CLOSE_TIMEOUT_S = 10.0
 _REQUEST_TIMEOUT_S = 5.0  # the topic's id, its watermarks
 _POSITION_RETRY_S = 2.0  # how often partitions waiting for the database ask it again
+_ASSIGN_WAIT_S = 1.0  # longest a rebalance callback waits for the database's offsets
 _AUTH_ERRORS = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _GONE_ERRORS = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 
-# (topic, its id, partitions) -> the next offset to read, for the partitions whose progress
-# the database knows. One attempt: raises TransientError while the database is unavailable.
-StartOffsets = Callable[[str, str, list[int]], Mapping[int, int]]
+# (topic, its id, partitions, longest wait in seconds or None) -> the next offset to read, for
+# the partitions whose progress the database knows. One attempt: raises TransientError while
+# the database is unavailable or does not answer in time.
+StartOffsets = Callable[[str, str, list[int], float | None], Mapping[int, int]]
 
 
 class KafkaSource:
@@ -213,14 +215,31 @@ class KafkaSource:
         return kept
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Take the partitions, paused: where each resumes is the database's to say, and a
-        rebalance callback must not wait for the database (the group would wait with it)."""
-        consumer.assign(partitions)
-        consumer.pause(partitions)
-        self._unpositioned.update(tp.partition for tp in partitions)
-        self._position_retry_at = 0.0
+        """Take the partitions where the database says each resumes. A rebalance callback
+        must not wait long (the group waits with it), so the database gets a second to say;
+        if it cannot, the partitions are taken paused and placed from the loop once it can
+        (a seek costs a second before the first message, so only then)."""
+        numbers = [tp.partition for tp in partitions]
         self.rebalanced_at = time.monotonic()
-        log.info("assigned %s", ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions))
+        try:
+            known = self._start_offsets(self.topic, self.topic_id, numbers, _ASSIGN_WAIT_S)
+            for partition, offset in known.items():
+                self._require_below_end(partition, offset)
+        except (TransientError, KafkaException) as error:
+            consumer.assign(partitions)
+            consumer.pause(partitions)
+            self._unpositioned.update(numbers)
+            self._position_retry_at = 0.0
+            log.warning(
+                "assigned %s, paused: no start offsets yet (%s)",
+                _describe(self.topic, numbers, {}),
+                error,
+            )
+            return
+        for tp in partitions:
+            tp.offset = known.get(tp.partition, tp.offset)
+        consumer.assign(partitions)
+        log.info("assigned %s", _describe(self.topic, numbers, known))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._before_revoke()
@@ -239,7 +258,7 @@ class KafkaSource:
             return
         partitions = sorted(self._unpositioned)
         try:
-            known = self._start_offsets(self.topic, self.topic_id, partitions)
+            known = self._start_offsets(self.topic, self.topic_id, partitions, None)
             for partition, offset in known.items():
                 self._require_below_end(partition, offset)
                 self._consumer.seek(TopicPartition(self.topic, partition, offset))

@@ -165,12 +165,16 @@ class Pipeline:
         self._source: MessageSource
         self._stats = RunStats()
 
-    def start_offsets(self, topic: str, topic_id: str, partitions: list[int]) -> dict[int, int]:
-        """Where each partition resumes, by the database; one attempt (the source asks again
-        later), read off the main thread."""
-        return self._reader.submit(
-            lambda: self._store.stored_offsets(topic, topic_id, partitions)
-        ).result()
+    def start_offsets(
+        self, topic: str, topic_id: str, partitions: list[int], wait_s: float | None
+    ) -> dict[int, int]:
+        """Where each partition resumes, by the database: one attempt, read off the main
+        thread, waited for at most `wait_s` (the source asks again later)."""
+        read = self._reader.submit(lambda: self._store.stored_offsets(topic, topic_id, partitions))
+        try:
+            return read.result(wait_s)
+        except TimeoutError:
+            raise TransientError(f"the database did not answer within {wait_s:g} s") from None
 
     def run(self, source: MessageSource) -> RunStats:
         """Load until the limit, idleness or a stop; a stop finishes the batch in hand.

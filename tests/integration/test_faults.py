@@ -243,7 +243,7 @@ def test_a_rebalance_while_the_database_is_down_expels_no_one(
     logs = [tmp_path / f"member{n}.log" for n in range(3)]
     processes = [target.start_pipeline(log, *group, env=poll_interval) for log in logs]
     deadline = time.monotonic() + 60
-    while not all("resuming" in log.read_text() for log in logs):
+    while not all("assigned" in log.read_text() for log in logs):
         assert time.monotonic() < deadline, "the members never all had partitions"
         time.sleep(0.2)
     service("down", "postgres")

@@ -180,7 +180,7 @@ def writer_cannot_connect(target: Target) -> Iterator[Pipeline]:
     new connection, so the writer's first attempt fails and it retries."""
     store = Store(target.settings.database)
     pipeline = Pipeline(store, RunOptions(limit=None), lambda _: None, threading.Event())
-    pipeline.start_offsets(target.topic, "test-topic-id", [0])  # the reader connects now
+    pipeline.start_offsets(target.topic, "test-topic-id", [0], None)  # the reader connects
     server = replace(target.settings.database, name="postgres")
     allow = "ALTER DATABASE {} ALLOW_CONNECTIONS {}"
     database = sql.Identifier(target.topic)
