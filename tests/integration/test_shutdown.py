@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,14 +103,17 @@ def frozen_database(target: Target) -> Iterator[None]:
     nothing answers, not even a cancel request, as with a server whose host vanished."""
     [(data_directory,)] = target.query("SHOW data_directory")
     postmaster = int((Path(data_directory) / "postmaster.pid").read_text().split()[0])
-    processes = [postmaster, *_children(postmaster)]
-    for pid in processes:
-        os.kill(pid, signal.SIGSTOP)
     try:
+        _signal_all([postmaster, *_children(postmaster)], signal.SIGSTOP)
         yield
     finally:
-        for pid in [postmaster, *_children(postmaster)]:
-            os.kill(pid, signal.SIGCONT)
+        _signal_all([postmaster, *_children(postmaster)], signal.SIGCONT)
+
+
+def _signal_all(pids: list[int], signum: signal.Signals) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):  # a backend that ended meanwhile
+            os.kill(pid, signum)
 
 
 def test_a_second_signal_ends_the_process_when_the_database_does_not_answer(
