@@ -37,6 +37,7 @@ from tests.integration.support import (
 from tests.integration.test_hostile import OVERSIZED_BYTES
 from tests.integration.test_poison import (
     UNSTORABLE,
+    fact_rows,
     reason_problem,
     run_pipeline,
     traceback_in,
@@ -189,18 +190,7 @@ def test_odd_kafka_metadata_never_crashes_the_loop_nor_loses_or_doubles_a_messag
 
     # Every message in exactly one table.
     topic = (target.topic,)
-    ratings = target.query(
-        "SELECT kafka_partition, kafka_offset, e.public_id, r.rating_value, i.event_at"
-        " FROM rating_interaction i JOIN exhibition e USING (exhibition_id)"
-        " JOIN rating r USING (rating_id) WHERE kafka_topic = %s",
-        topic,
-    )
-    requests = target.query(
-        "SELECT kafka_partition, kafka_offset, e.public_id, q.request_value, i.event_at"
-        " FROM request_interaction i JOIN exhibition e USING (exhibition_id)"
-        " JOIN request q USING (request_id) WHERE kafka_topic = %s",
-        topic,
-    )
+    ratings, requests = fact_rows(target)
     rejected = target.query(
         "SELECT kafka_partition, kafka_offset, raw, reason_code, convert_to(reason, 'UTF8'),"
         " extract(epoch FROM kafka_timestamp) * 1000"

@@ -138,6 +138,24 @@ def valid_messages(count: int) -> list[tuple[str, bytes | None]]:
     return messages
 
 
+def fact_rows(target: Target) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(partition, offset, public id, value, event time) of every stored rating and request."""
+    topic = (target.topic,)
+    ratings = target.query(
+        "SELECT kafka_partition, kafka_offset, e.public_id, r.rating_value, i.event_at"
+        " FROM rating_interaction i JOIN exhibition e USING (exhibition_id)"
+        " JOIN rating r USING (rating_id) WHERE kafka_topic = %s",
+        topic,
+    )
+    requests = target.query(
+        "SELECT kafka_partition, kafka_offset, e.public_id, q.request_value, i.event_at"
+        " FROM request_interaction i JOIN exhibition e USING (exhibition_id)"
+        " JOIN request q USING (request_id) WHERE kafka_topic = %s",
+        topic,
+    )
+    return ratings, requests
+
+
 def run_pipeline(target: Target, *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI, bounded: a hang fails the test with what the pipeline said so far."""
     command = target.pipeline_command(*args)
@@ -179,18 +197,7 @@ def test_poison_messages_end_to_end_are_each_stored_once_and_never_stop_the_loop
 
     # Every message is in exactly one table, and nothing else is.
     topic = (target.topic,)
-    ratings = target.query(
-        "SELECT kafka_partition, kafka_offset, e.public_id, r.rating_value, i.event_at"
-        " FROM rating_interaction i JOIN exhibition e USING (exhibition_id)"
-        " JOIN rating r USING (rating_id) WHERE kafka_topic = %s",
-        topic,
-    )
-    requests = target.query(
-        "SELECT kafka_partition, kafka_offset, e.public_id, q.request_value, i.event_at"
-        " FROM request_interaction i JOIN exhibition e USING (exhibition_id)"
-        " JOIN request q USING (request_id) WHERE kafka_topic = %s",
-        topic,
-    )
+    ratings, requests = fact_rows(target)
     rejected = target.query(
         "SELECT kafka_partition, kafka_offset, raw, reason_code, convert_to(reason, 'UTF8')"
         " FROM rejected_message WHERE kafka_topic = %s",

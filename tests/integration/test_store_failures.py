@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
-from lmnh.database import classify, connect
+from lmnh.database import classify, connect, execute_outside_transaction
 from lmnh.errors import ExitCode, FatalError, PermanentError, TransientError
 from lmnh.events import KafkaMessage, Outcome, RatingEvent, Reason, Rejection
 from lmnh.simulator import report_counts
@@ -49,13 +50,19 @@ def validated(store: Store, batch: list[KafkaMessage]) -> list[Outcome]:
 
 
 def as_superuser(target: Target, statement: str) -> None:
-    conn = connect(target.settings.database)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
+    execute_outside_transaction(target.settings.database, sql.SQL(statement))
+
+
+def refuse_thunder_lizards(target: Target) -> None:
+    """A check constraint a DBA might add: no ratings of Thunder Lizards (EXH_05)."""
+    [(thunder_lizards,)] = target.query(
+        "SELECT exhibition_id FROM exhibition WHERE public_id = 'EXH_05'"
+    )
+    as_superuser(
+        target,
+        "ALTER TABLE rating_interaction ADD CONSTRAINT no_thunder_lizards"
+        f" CHECK (exhibition_id <> {thunder_lizards})",
+    )
 
 
 # --- what cannot be stored as it is -----------------------------------------------------------
@@ -114,14 +121,7 @@ def test_a_record_timestamp_beyond_any_calendar_is_stored_as_null(
 def test_data_the_database_refuses_is_permanent_and_stores_nothing_of_the_batch(
     target: Target, store: Store
 ) -> None:
-    [(thunder_lizards,)] = target.query(
-        "SELECT exhibition_id FROM exhibition WHERE public_id = 'EXH_05'"
-    )
-    as_superuser(
-        target,
-        "ALTER TABLE rating_interaction ADD CONSTRAINT no_thunder_lizards"
-        f" CHECK (exhibition_id <> {thunder_lizards})",
-    )
+    refuse_thunder_lizards(target)
     batch = messages(target.topic, [VALID, b"{}"])
     with pytest.raises(PermanentError, match="23514"):
         write(store, batch, validated(store, batch))
@@ -265,14 +265,7 @@ def test_messages_the_database_refuses_are_set_aside_and_the_rest_is_loaded(
     target: Target,
 ) -> None:
     report = target.history(3000, seed=5)
-    [(thunder_lizards,)] = target.query(
-        "SELECT exhibition_id FROM exhibition WHERE public_id = 'EXH_05'"
-    )
-    as_superuser(
-        target,
-        "ALTER TABLE rating_interaction ADD CONSTRAINT no_thunder_lizards"
-        f" CHECK (exhibition_id <> {thunder_lizards})",
-    )
+    refuse_thunder_lizards(target)
     result = target.pipeline("--batch-size", "1000")
     expected = report_counts(report)
     refused = {key: n for key, n in expected["ratings"].items() if key[0] == "EXH_05"}
