@@ -3,9 +3,13 @@
     hyper --out lmnh.hyper   an extract of the views (needs requirements-tableau.txt), read
                              back and checked against PostgreSQL before the command succeeds
     tds --out-dir DIR        one Tableau data source (.tds) per view, live on PostgreSQL
+    twb --out-dir DIR        the workbook of both dashboards, live over the .tds connections
+                             (lmnh.twb) and on the extract (lmnh-extract.twb), with a layout
+                             sketch of each dashboard; needs no database
 
-Exit codes: 0 written (and, for hyper, verified), 1 unexpected error, 2 configuration or a
-missing optional requirement, 5 database unreachable, 8 the extract does not match PostgreSQL.
+Exit codes: 0 written (and, for hyper, verified), 1 unexpected error or a workbook whose parts
+do not name each other, 2 configuration or a missing optional requirement, 5 database
+unreachable, 8 the extract does not match PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -22,6 +27,8 @@ from xml.sax.saxutils import quoteattr
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 
+from dashboard.tableau.checks import check_workbook
+from dashboard.tableau.workbook import TDS_DIR, WORKBOOK_DIR, generated_files
 from lmnh.cli import load_settings
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
@@ -35,7 +42,6 @@ VIEWS = (
     "rating_hourly",
     "request_quarter_hourly",
 )
-TDS_DIR = Path(__file__).resolve().parent / "tds"
 EXTRACT_MISMATCH = 8
 # Columns that count something: Tableau should sum them rather than group by them.
 MEASURES = {"interactions"}
@@ -269,6 +275,95 @@ def _canonical(value: object) -> str | None:
     return text
 
 
+# ---- .twb ------------------------------------------------------------------------------------
+
+
+def write_workbooks(out_dir: Path, hyper_path: str, tds_dir: Path) -> int:
+    """Write the workbooks and sketches, unless a part of a workbook names a missing one."""
+    files = generated_files(hyper_path, tds_dir)
+    problems = [
+        f"{name}: {problem}"
+        for name, text in files.items()
+        if name.endswith(".twb")
+        for problem in check_workbook(ET.fromstring(text))  # noqa: S314 - made just above
+    ]
+    for problem in problems:
+        print(f"dashboard.tableau twb: {problem}", file=sys.stderr)
+    if problems:
+        return ExitCode.UNEXPECTED
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+        print(f"wrote {out_dir / name}")
+    return ExitCode.OK
+
+
+def _base_columns(root: ET.Element) -> Iterator[tuple[str, str, ET.Element]]:
+    """(data source, table its relation reads, column) for each column of a workbook's data
+    sources that is not a calculation."""
+    for source in root.findall("./datasources/datasource"):
+        relation = source.find("connection/relation")
+        if relation is None:
+            continue
+        for column in source.findall("column"):
+            if column.find("calculation") is None:
+                yield source.get("name", ""), relation.get("name", ""), column
+
+
+def database_problems(root: ET.Element, columns: dict[str, list[Column]]) -> list[str]:
+    """Each column of the workbook's data sources that the view it reads (`view_columns`, as
+    the workbook's user sees them) lacks or types otherwise."""
+    problems = []
+    for source, view, column in _base_columns(root):
+        types = {c.name: c.pg_type for c in columns.get(view, [])}
+        name = column.get("name", "")[1:-1]
+        if name not in types:
+            problems.append(f"{source}: column [{name}] is not in PostgreSQL's view {view}")
+        elif _TDS_TYPES.get(types[name], ("string",))[0] != column.get("datatype"):
+            problems.append(
+                f"{source}: column [{name}] is {column.get('datatype')} in the workbook,"
+                f" {types[name]} in PostgreSQL's view {view}"
+            )
+    return problems
+
+
+# How Tableau reads each Hyper type (the names tableauhyperapi gives them).
+_HYPER_DATATYPES = {
+    "SMALL_INT": "integer",
+    "INT": "integer",
+    "BIG_INT": "integer",
+    "DOUBLE": "real",
+    "TEXT": "string",
+    "DATE": "date",
+    "TIMESTAMP": "datetime",
+    "TIMESTAMP_TZ": "datetime",
+    "TIME": "datetime",
+    "BOOL": "boolean",
+}
+
+
+def extract_problems(root: ET.Element, tables: dict[str, dict[str, str]]) -> list[str]:
+    """Each column of the workbook's data sources that the extract's table (`tables`: table ->
+    column -> Hyper type name) lacks or types otherwise, and each column it leaves out."""
+    problems = []
+    seen: dict[str, set[str]] = {}
+    for source, table, column in _base_columns(root):
+        name = column.get("name", "")[1:-1]
+        seen.setdefault(table, set()).add(name)
+        hyper_type = tables.get(table, {}).get(name)
+        if hyper_type is None:
+            problems.append(f"{source}: column [{name}] is not in the extract's table {table}")
+        elif _HYPER_DATATYPES.get(hyper_type) != column.get("datatype"):
+            problems.append(
+                f"{source}: column [{name}] is {column.get('datatype')} in the workbook,"
+                f" {hyper_type} in the extract's table {table}"
+            )
+    for table, names in seen.items():
+        for name in sorted(set(tables.get(table, {})) - names):
+            problems.append(f"the extract's table {table} has a column {name} the workbook lacks")
+    return problems
+
+
 # ---- CLI ------------------------------------------------------------------------------------
 
 
@@ -285,8 +380,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     hyper.add_argument("--out", type=Path, default=Path("lmnh.hyper"), help="default lmnh.hyper")
     tds = commands.add_parser("tds", help="write one .tds data source per view")
     tds.add_argument("--out-dir", type=Path, default=TDS_DIR, help=f"default {TDS_DIR.name}/")
+    twb = commands.add_parser("twb", help="write the workbook of both dashboards (no database)")
+    twb.add_argument(
+        "--out-dir", type=Path, default=WORKBOOK_DIR, help="default dashboard/tableau/"
+    )
+    twb.add_argument(
+        "--hyper",
+        default="lmnh.hyper",
+        help="the extract lmnh-extract.twb reads (default lmnh.hyper, beside the workbook)",
+    )
+    twb.add_argument(
+        "--tds-dir",
+        type=Path,
+        default=TDS_DIR,
+        help="take the live connection from the .tds files here (default dashboard/tds/)",
+    )
     args = parser.parse_args(argv)
 
+    if args.command == "twb":
+        return write_workbooks(args.out_dir, args.hyper, args.tds_dir)
     settings = load_settings(args.env_file)
     try:
         conn = connect(settings.database, application_name="lmnh-tableau")
@@ -322,7 +434,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
     finally:
         conn.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
