@@ -328,6 +328,7 @@ def _timestamp_ms(timestamp: tuple[int, int]) -> int | None:
 
 
 def _describe(topic: str, partitions: list[int], known: Mapping[int, int]) -> str:
-    return ", ".join(
+    described = (
         f"{topic}[{p}]@{known[p]} (database)" if p in known else f"{topic}[{p}]" for p in partitions
     )
+    return ", ".join(described) or "nothing"

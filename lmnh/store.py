@@ -227,8 +227,8 @@ class Store:
         """Store a batch in one transaction and advance its partitions' offsets.
 
         A message whose row cannot even be built is stored as an `unstorable` rejection at
-        once; a batch that PostgreSQL refuses for its data raises `PermanentError` (see
-        `set_aside`), and nothing of it is stored.
+        once; a batch that PostgreSQL refuses for its data raises `PermanentError` and stores
+        nothing (the pipeline then halves it to find the refused message).
         """
         highest: dict[tuple[str, int], int] = {}
         for message in messages:
