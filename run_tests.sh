@@ -23,6 +23,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 # The integration tests start the local stack themselves (python -m stack up).
 exec .venv/bin/python -m pytest "$@"

@@ -35,7 +35,8 @@ def describe(database: DatabaseSettings) -> dict[str, Any]:
         "python": platform.python_version(),
         "confluent_kafka": _first(confluent_kafka.version()),
         "librdkafka": _first(confluent_kafka.libversion()),
-        "psycopg2": psycopg2.__version__.split()[0],
+        # types-psycopg2 does not declare __version__, which psycopg2 has always had.
+        "psycopg2": psycopg2.__version__.split()[0],  # type: ignore[attr-defined]
         "postgresql": query(database, "SHOW server_version")[0][0].split()[0],
         "postgresql_settings": settings,
         "kafka": _kafka_version(),

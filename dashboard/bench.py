@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import socket
 import statistics
 import sys
 import threading
@@ -32,6 +33,7 @@ from lmnh.validation import MUSEUM_CLOCK
 DEFAULT_DATABASE = "lmnh_dashboard_bench"
 REQUEST_SHARE = 0.06  # of all interactions, as in the live feed
 CHUNK_ROWS = 1_000_000
+WARM_UP_REQUESTS = 2  # untimed requests per endpoint that warm caches and connections
 
 # Interactions spread over the opening hours (08:45-18:15 London, 570 minutes) of `days` days
 # ending yesterday; exhibitions and ratings skewed so that the charts have something to show.
@@ -148,11 +150,11 @@ def time_endpoints(base_url: str, queries: dict[str, str], repeat: int) -> list[
         for path in paths:
             url = f"{base_url}{path}" + (f"?{query}" if query and path != "/api/meta" else "")
             timings = []
-            for attempt in range(repeat + 2):
+            for attempt in range(WARM_UP_REQUESTS + repeat):
                 started = time.perf_counter()
                 with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - local
                     json.load(response)
-                if attempt >= 2:  # the first two warm caches and connections
+                if attempt >= WARM_UP_REQUESTS:
                     timings.append((time.perf_counter() - started) * 1000)
             timings.sort()
             p95 = timings[max(0, -(-len(timings) * 95 // 100) - 1)]
@@ -171,8 +173,6 @@ def time_endpoints(base_url: str, queries: dict[str, str], repeat: int) -> list[
 
 def serve_in_background(database: DatabaseSettings) -> tuple[str, threading.Thread]:
     """Start the dashboard on a free local port in a daemon thread; return its URL."""
-    import socket
-
     import uvicorn
 
     from dashboard.app import create_app

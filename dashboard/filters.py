@@ -28,6 +28,10 @@ from lmnh.errors import PipelineError
 DEFAULT_DAYS = 30
 MAX_DAYS = 366 * 20
 LAST_HOUR = 23
+# The rating-over-time line has a point a day up to about two months, a week up to about a
+# year, a month beyond.
+DAILY_BUCKETS_UP_TO = 62  # days
+WEEKLY_BUCKETS_UP_TO = 400  # days
 REQUEST_TYPES = {"assistance": 0, "emergency": 1}
 GRANULARITIES = ("hour", "quarter")
 HEATMAP_ROWS = ("floor", "exhibition")
@@ -66,7 +70,7 @@ class Filters:
     floors: tuple[str, ...] = ()
     request_values: tuple[int, ...] = ()
     hour_from: int = 0
-    hour_to: int = 23
+    hour_to: int = LAST_HOUR
     granularity: Granularity = "hour"
     heatmap: HeatmapRows = "floor"
 
@@ -74,9 +78,9 @@ class Filters:
     def bucket(self) -> Bucket:
         """The step of the rating-over-time line: fine for short ranges, coarse for long."""
         days = (self.end - self.start).days + 1
-        if days <= 62:
+        if days <= DAILY_BUCKETS_UP_TO:
             return "day"
-        if days <= 400:
+        if days <= WEEKLY_BUCKETS_UP_TO:
             return "week"
         return "month"
 
@@ -160,9 +164,11 @@ def parse_filters(pairs: Iterable[tuple[str, str]], today: date) -> Filters:
     if hour_from > hour_to:
         problems.append(f"hour_from {hour_from} is after hour_to {hour_to}")
 
-    for public_id in many["exhibition"]:
-        if not _PUBLIC_ID.fullmatch(public_id):
-            problems.append(f"exhibition={_show(public_id)} is not an exhibition id like EXH_01")
+    problems.extend(
+        f"exhibition={_show(public_id)} is not an exhibition id like EXH_01"
+        for public_id in many["exhibition"]
+        if not _PUBLIC_ID.fullmatch(public_id)
+    )
     for floor in many["floor"]:
         if len(floor) > FLOOR_NAME_MAX:
             problems.append(f"floor={_show(floor)} is longer than a floor name can be")

@@ -15,7 +15,7 @@ from typing import Any
 from psycopg2 import sql
 from psycopg2.extensions import cursor as Cursor
 
-from dashboard.filters import Filters
+from dashboard.filters import LAST_HOUR, Filters
 
 Row = dict[str, Any]
 
@@ -28,7 +28,7 @@ OPENING_QUARTERS = (8 * 4 + 3, 18 * 4 + 1)
 def _conditions(filters: Filters, *, requests: bool) -> sql.Composable:
     """The WHERE clause of a summary view for these filters (parameters by name)."""
     parts = [sql.SQL("london_date BETWEEN %(start)s AND %(end)s")]
-    if filters.hour_from > 0 or filters.hour_to < 23:
+    if filters.hour_from > 0 or filters.hour_to < LAST_HOUR:
         parts.append(sql.SQL("hour_of_day BETWEEN %(hour_from)s AND %(hour_to)s"))
     if filters.exhibitions:
         parts.append(sql.SQL("public_id = ANY(%(exhibitions)s)"))

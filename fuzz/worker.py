@@ -15,11 +15,16 @@ from pathlib import Path
 
 import atheris
 
+# From their own modules, where types-atheris declares them (its __init__.pyi does not re-export
+# them); they are the same objects as atheris.enabled_hooks and atheris.instrument_imports.
+from atheris.function_hooks import enabled_hooks
+from atheris.import_hook import instrument_imports
+
 # Feeds libFuzzer the literals that str.startswith/endswith compare with. (Not the "RegEx"
 # hook: its pattern proxy breaks json's scanner, which calls match() with a position.)
-atheris.enabled_hooks.add("str")
+enabled_hooks.add("str")
 # Coverage comes from instrumented bytecode, so lmnh must be first imported inside this.
-with atheris.instrument_imports(include=["lmnh"]):
+with instrument_imports(include=["lmnh"]):
     from fuzz.harness import InvariantError, check
 
 _seen: set[str] = set()

@@ -78,6 +78,7 @@ class KafkaMessage:
 # What PostgreSQL's text cannot hold (NUL; lone surrogates, which no UTF-8 encoder accepts) or
 # what would break a one-line reason (line and paragraph separators, other control characters).
 _UNSTORABLE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_BYTE_MAX = 0xFF  # the largest code a two-digit \xNN escape can hold
 
 
 def storable_text(text: str) -> str:
@@ -89,4 +90,4 @@ def storable_text(text: str) -> str:
 
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code <= _BYTE_MAX else f"\\u{code:04x}"

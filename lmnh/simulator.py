@@ -13,6 +13,7 @@ import json
 import math
 import random
 from bisect import bisect_right
+from calendar import SATURDAY
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -354,7 +355,7 @@ def _stretches(start: datetime, end: datetime, mix: TrafficMix, kiosks: _Kiosks)
     day = start.date()
     while day <= end.date():
         if kiosks.any_open(day):
-            factor = mix.weekend_factor if day.weekday() >= 5 else 1.0
+            factor = mix.weekend_factor if day.weekday() >= SATURDAY else 1.0
             opening = _local(day, OPENS)
             add(_local(day, time()), opening, False, 0.0)
             for number, hour in enumerate(quarters):

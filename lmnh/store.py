@@ -266,15 +266,16 @@ class Store:
                 if message.offset < next_offset[(message.topic, message.partition)]:
                     already_stored += 1
                     continue
+                stored = outcome
                 try:
-                    table, line = copy_row(message, outcome, reference, received)
+                    table, line = copy_row(message, stored, reference, received)
                 except Exception as error:  # a row we cannot even build: keep the message raw
-                    outcome = unstorable(outcome, classify(error))
-                    set_aside.append((message, outcome))
-                    table, line = copy_row(message, outcome, reference, received)
+                    stored = unstorable(outcome, classify(error))
+                    set_aside.append((message, stored))
+                    table, line = copy_row(message, stored, reference, received)
                 lines[table].append(line)
-                if isinstance(outcome, Rejection):
-                    rejected_codes[outcome.code.value] += 1
+                if isinstance(stored, Rejection):
+                    rejected_codes[stored.code.value] += 1
             for statement, table_lines in zip(COPY_STATEMENTS, lines, strict=True):
                 if table_lines:
                     data = "".join(table_lines).encode("utf-8")

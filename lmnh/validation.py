@@ -91,7 +91,7 @@ def validate(raw: object, reference: Reference, now: datetime) -> Outcome:
                 f"{_show_values(reference.request_values)}",
             )
         return _judge_time(parsed["at"], reference, now, public_id, kind, RequestEvent)
-    elif kind is not None:
+    if kind is not None:
         return Rejection(
             Reason.INVALID_TYPE, f"a rating (val {val}) cannot carry type {_show(kind)}"
         )

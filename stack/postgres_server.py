@@ -160,7 +160,6 @@ def _external_problem(db: DatabaseSettings) -> str | None:
 
 
 def _connect(db: DatabaseSettings, dbname: str, timeout_s: int = 5) -> connection:
-    options: dict[str, Any] = {"sslmode": db.sslmode} if db.sslmode else {}
     return psycopg2.connect(
         host=db.host,
         port=db.port,
@@ -168,7 +167,7 @@ def _connect(db: DatabaseSettings, dbname: str, timeout_s: int = 5) -> connectio
         user=db.username,
         password=db.password.reveal(),
         connect_timeout=timeout_s,
-        **options,
+        sslmode=db.sslmode or None,  # psycopg2 leaves out a None: libpq then uses its default
     )
 
 

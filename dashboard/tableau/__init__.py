@@ -358,9 +358,11 @@ def extract_problems(root: ET.Element, tables: dict[str, dict[str, str]]) -> lis
                 f"{source}: column [{name}] is {column.get('datatype')} in the workbook,"
                 f" {hyper_type} in the extract's table {table}"
             )
-    for table, names in seen.items():
-        for name in sorted(set(tables.get(table, {})) - names):
-            problems.append(f"the extract's table {table} has a column {name} the workbook lacks")
+    problems.extend(
+        f"the extract's table {table} has a column {name} the workbook lacks"
+        for table, names in seen.items()
+        for name in sorted(set(tables.get(table, {})) - names)
+    )
     return problems
 
 

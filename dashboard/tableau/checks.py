@@ -135,8 +135,10 @@ def _check_worksheet(
             used.add(element.get("member", "").strip('"'))
         if element.tag == "column" and element.text and _QUALIFIED.fullmatch(element.text):
             used.add(element.text)
-    for field in sorted(used - declared):
-        problems.append(f"worksheet {name!r} uses {field}, which it does not declare")
+    problems.extend(
+        f"worksheet {name!r} uses {field}, which it does not declare"
+        for field in sorted(used - declared)
+    )
     return used
 
 

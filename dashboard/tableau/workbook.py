@@ -1001,11 +1001,15 @@ def _holds(root: ET.Element, sheet: str, captions: dict[str, str]) -> str:
 
     mark = found.find("panes/pane/mark")
     parts = [f"{mark.get('class') if mark is not None else 'Automatic'} marks"]
-    for shelf in ("rows", "cols"):
-        if found.findtext(shelf):
-            parts.append(f"{shelf}: {named(found.findtext(shelf) or '')}")
-    for encoding in found.findall("panes/pane/encodings/*"):
-        parts.append(f"{encoding.tag}: {named(encoding.get('column', ''))}")
+    parts.extend(
+        f"{shelf}: {named(found.findtext(shelf) or '')}"
+        for shelf in ("rows", "cols")
+        if found.findtext(shelf)
+    )
+    parts.extend(
+        f"{encoding.tag}: {named(encoding.get('column', ''))}"
+        for encoding in found.findall("panes/pane/encodings/*")
+    )
     measures = [
         named(group.get("member", "").strip('"'))
         for group in found.iter("groupfilter")

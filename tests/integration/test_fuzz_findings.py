@@ -33,11 +33,11 @@ _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|.)")
 
 def dictionary_tokens() -> list[bytes]:
     """The fuzzer's dictionary: one quoted token a line, with \\\\, \\" and \\xNN escapes."""
-    tokens = []
-    for line in DICTIONARY.read_bytes().splitlines():
-        if line.startswith(b'"'):
-            tokens.append(_ESCAPE.sub(_unescape, line.strip()[1:-1]))
-    return tokens
+    return [
+        _ESCAPE.sub(_unescape, line.strip()[1:-1])
+        for line in DICTIONARY.read_bytes().splitlines()
+        if line.startswith(b'"')
+    ]
 
 
 def _unescape(match: re.Match[bytes]) -> bytes:

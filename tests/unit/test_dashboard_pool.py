@@ -42,7 +42,9 @@ def test_a_connection_dropped_before_its_settings_is_transient_and_closed(
     dropped = DroppedConnection()
     monkeypatch.setattr(pool_module, "connect", lambda *_args, **_kwargs: dropped)
     pool = ConnectionPool(load_config({}).database)
-    with pytest.raises(TransientError, match=r"server closed the connection unexpectedly$"):
-        with pool.cursor():
-            pass
+    with (
+        pytest.raises(TransientError, match=r"server closed the connection unexpectedly$"),
+        pool.cursor(),
+    ):
+        pass
     assert dropped.closed

@@ -378,8 +378,9 @@ def _messages_with_lone_surrogates(draw: st.DrawFn) -> tuple[str, str, set[str]]
             used.add(surrogate)
             text = str(value)
             cut = draw(st.integers(0, len(text)))
-            value = text[:cut] + surrogate + text[cut:]
-        pairs.append((key, value))
+            pairs.append((key, text[:cut] + surrogate + text[cut:]))
+        else:
+            pairs.append((key, value))
     extra = draw(st.integers(0, 2))  # an extra key with a surrogate: absent, once, twice
     if extra:
         surrogate = draw(SURROGATES)
