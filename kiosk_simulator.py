@@ -39,7 +39,6 @@ from lmnh.validation import MUSEUM_CLOCK as LONDON
 
 READY_TIMEOUT_S = 15.0
 FLUSH_TIMEOUT_S = 30.0
-INTERRUPTED = 130  # a second Ctrl-C: unacknowledged messages given up
 _LIVE_TICK_S = 0.1
 
 log = logging.getLogger("kiosk_simulator")
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        return INTERRUPTED
+        return ExitCode.INTERRUPTED  # a second Ctrl-C: unacknowledged messages given up
 
     stop = threading.Event()
     stop_on_signals(stop, log, "stopping; waiting for the broker's acks")
@@ -201,12 +200,12 @@ def _send_and_flush(producer: AckedProducer[Truth], send: Callable[[], None]) ->
         return error.exit_code
     except KeyboardInterrupt:
         producer.finish(0.0)
-        return INTERRUPTED
+        return ExitCode.INTERRUPTED
     try:
         producer.finish(FLUSH_TIMEOUT_S)
     except KeyboardInterrupt:
         producer.finish(0.0)
-        return INTERRUPTED
+        return ExitCode.INTERRUPTED
     return ExitCode.UNEXPECTED if producer.failed else ExitCode.OK
 
 

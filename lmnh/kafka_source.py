@@ -101,7 +101,10 @@ class KafkaSource:
                 " create it (the local stack's `python -m stack up` creates lmnh)",
                 ExitCode.TOPIC_MISSING,
             )
-        self.topic_id = topic_id(self._admin, self.topic, timeout_s)
+        try:
+            self.topic_id = topic_id(self._admin, self.topic, timeout_s)
+        except TransientError as error:  # at start, not an outage to wait out: say it is Kafka
+            raise FatalError(str(error), ExitCode.BROKER_UNREACHABLE) from None
 
     def subscribe(self) -> None:
         self._consumer.subscribe(

@@ -213,8 +213,11 @@ class Store:
                 (topic, list(partitions)),
             )
             rows = cur.fetchall()
-        _require_same_topic(topic, topic_id, (row[2] for row in rows))
-        return {partition: offset for partition, offset, _ in rows}
+        result = {}
+        for partition, offset, stored_id in rows:
+            _require_same_topic(topic, topic_id, stored_id)
+            result[partition] = offset
+        return result
 
     def write_batch(
         self,
@@ -254,7 +257,7 @@ class Store:
             )
             next_offset = {}
             for topic, partition, offset, stored_id in cur.fetchall():
-                _require_same_topic(topic, topic_id, [stored_id])
+                _require_same_topic(topic, topic_id, stored_id)
                 next_offset[(topic, partition)] = offset
 
             lines: tuple[list[str], list[str], list[str]] = ([], [], [])
@@ -310,15 +313,16 @@ def _describe(outcome: Outcome) -> str:
     return f"{kind} {outcome}"
 
 
-def _require_same_topic(topic: str, topic_id: str, stored_ids: Iterable[str | None]) -> None:
-    for stored in stored_ids:
-        if stored is not None and stored != topic_id:
-            raise FatalError(
-                f"topic {topic!r} is not the one loaded before (id {topic_id}, the database"
-                f" holds offsets of id {stored}): it was deleted and recreated. Reset the"
-                " database (`python -m stack schema --reset`) or use a new topic",
-                ExitCode.TOPIC_MISSING,
-            )
+def _require_same_topic(topic: str, topic_id: str, stored_id: str | None) -> None:
+    """Offsets recorded for another topic of the same name must not be applied to this one
+    (rows from before ids were recorded hold None, and are checked by their watermarks)."""
+    if stored_id is not None and stored_id != topic_id:
+        raise FatalError(
+            f"topic {topic!r} is not the one loaded before (id {topic_id}, the database"
+            f" holds offsets of id {stored_id}): it was deleted and recreated. Reset the"
+            " database (`python -m stack schema --reset`) or use a new topic",
+            ExitCode.TOPIC_MISSING,
+        )
 
 
 def copy_row(
