@@ -24,9 +24,10 @@ from pathlib import Path
 from lmnh.cli import load_settings, positive_int, stop_on_signals
 from lmnh.config import KafkaSettings
 from lmnh.errors import ExitCode, FatalError
-from lmnh.kafka_admin import topic_message_count, topic_partition_counts, wait_until_ready
-from lmnh.kafka_producer import AckedProducer, client_log
-from lmnh.simulator import (
+from lmnh.kafka_admin import wait_until_ready
+from lmnh.museum import LONDON
+from simulator.producer import AckedProducer, client_log
+from simulator.traffic import (
     DEFAULT_INVALID_SHARE,
     LiveFeed,
     SimulatedMessage,
@@ -35,7 +36,7 @@ from lmnh.simulator import (
     Truth,
     backfill,
 )
-from lmnh.validation import MUSEUM_CLOCK as LONDON
+from stack.topics import topic_message_count, topic_partition_counts
 
 READY_TIMEOUT_S = 15.0
 FLUSH_TIMEOUT_S = 30.0

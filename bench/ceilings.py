@@ -17,7 +17,7 @@ from lmnh.config import DatabaseSettings, KafkaSettings
 from lmnh.database import connect
 from lmnh.events import KafkaMessage, Outcome
 from lmnh.kafka_admin import client_config
-from lmnh.reference import Reference
+from lmnh.museum import Reference
 from lmnh.store import COPY_STATEMENTS, copy_row
 
 COPY_CHUNK = 100_000  # messages per transaction of the database ceiling

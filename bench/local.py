@@ -23,11 +23,13 @@ from confluent_kafka.admin import AdminClient
 from psycopg2 import sql
 
 from bench.report import Summary, parse_summary
+from dashboard import VIEWS_FILE
 from lmnh.config import VARIABLES, DatabaseSettings, KafkaSettings, Settings, load_config
 from lmnh.database import connect, create_database, drop_database, execute_outside_transaction
 from lmnh.events import KafkaMessage
-from lmnh.kafka_admin import client_config, delete_topic, ensure_topic
-from lmnh.simulator import report_counts
+from lmnh.kafka_admin import client_config
+from simulator.traffic import report_counts
+from stack.topics import delete_topic, ensure_topic
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -77,7 +79,7 @@ class Resources:
     def database(self, kind: str) -> DatabaseSettings:
         """A new database with the project's schema applied."""
         name = self.name(kind)
-        database = create_database(self.settings.database, name)
+        database = create_database(self.settings.database, name, extensions=[VIEWS_FILE])
         self._databases.append(name)
         return database
 

@@ -16,7 +16,7 @@ import psycopg2
 from bench.local import ROOT, query
 from lmnh.config import DatabaseSettings
 
-_ENTRY_POINTS = ("kafka_pipeline.py", "kiosk_simulator.py", "schema.sql")
+_ENTRY_POINTS = ("kafka_pipeline.py", "kiosk_simulator.py", "dashboard/views.sql")
 
 
 def describe(database: DatabaseSettings) -> dict[str, Any]:
@@ -70,7 +70,9 @@ def git_state() -> dict[str, Any]:
 def code_digest() -> str:
     """A hash of the code the contenders run, to tell whether it changed during a run."""
     digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("lmnh/*.py"), *(ROOT / name for name in _ENTRY_POINTS)]):
+    for path in sorted(
+        [*ROOT.glob("lmnh/*.py"), *ROOT.glob("lmnh/*.sql"), *(ROOT / n for n in _ENTRY_POINTS)]
+    ):
         digest.update(path.relative_to(ROOT).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -3,3 +3,8 @@
 Optional parts: the web app needs requirements-dashboard.txt, the `.hyper` export
 requirements-tableau.txt; the pipeline needs neither.
 """
+
+from pathlib import Path
+
+VIEWS_FILE = Path(__file__).resolve().parent / "views.sql"
+"""The reporting views and their rollups, applied on top of the pipeline's schema."""

@@ -23,7 +23,7 @@ from dashboard.filters import RULES, FilterError, Filters, openapi_parameters, p
 from dashboard.pool import ConnectionPool, ValueRefused
 from lmnh.config import DatabaseSettings
 from lmnh.errors import FatalError, TransientError
-from lmnh.validation import MUSEUM_CLOCK
+from lmnh.museum import LONDON
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"exhibitions": STATIC / "exhibitions.html", "safety": STATIC / "safety.html"}
@@ -103,7 +103,7 @@ def create_app(
     @app.get("/api/meta", responses={200: {"model": MetaBody}, **UNAVAILABLE})
     def meta() -> Response:
         """What the filters offer, how fresh the data is, and the server's page settings."""
-        today = datetime.now(MUSEUM_CLOCK).date()
+        today = datetime.now(LONDON).date()
         body: dict[str, Any] = {
             "refresh_seconds": refresh_seconds,
             "stale_minutes": stale_minutes,
@@ -136,9 +136,7 @@ def create_app(
         if name not in CHARTS:
             known = ", ".join(sorted(CHARTS))
             return _error(404, f"no chart {name!r}; charts: {known}")
-        filters = parse_filters(
-            request.query_params.multi_items(), datetime.now(MUSEUM_CLOCK).date()
-        )
+        filters = parse_filters(request.query_params.multi_items(), datetime.now(LONDON).date())
         with pool.cursor() as cur:
             rows = CHARTS[name](cur, filters)
         body = {"chart": name, "filters": filters.as_query(), "bucket": filters.bucket}

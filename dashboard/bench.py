@@ -19,16 +19,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from psycopg2 import sql
-
+from dashboard import VIEWS_FILE
 from lmnh.cli import load_settings, positive_int
 from lmnh.config import DatabaseSettings
-from lmnh.database import apply_schema, connect
-from lmnh.validation import MUSEUM_CLOCK
+from lmnh.database import apply_schema, connect, create_database
+from lmnh.museum import LONDON
 
 DEFAULT_DATABASE = "lmnh_dashboard_bench"
 REQUEST_SHARE = 0.06  # of all interactions, as in the live feed
@@ -64,27 +62,14 @@ _REQUEST_VALUE = "requests.ids[1 + (random() < 0.15)::int]"
 
 
 def london_today() -> date:
-    return datetime.now(MUSEUM_CLOCK).date()
-
-
-def ensure_database(admin: DatabaseSettings, name: str) -> DatabaseSettings:
-    conn = connect(admin, application_name="lmnh-dashboard-bench")
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    finally:
-        conn.close()
-    return replace(admin, name=name)
+    return datetime.now(LONDON).date()
 
 
 def fill(database: DatabaseSettings, rows: int, days: int) -> None:
     """Make the benchmark database hold exactly `rows` generated interactions."""
     conn = connect(database, application_name="lmnh-dashboard-bench")
     try:
-        apply_schema(conn)
+        apply_schema(conn, [VIEWS_FILE])
         with conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT (SELECT count(*) FROM rating_interaction)"
@@ -196,17 +181,17 @@ def copy_cost(admin: DatabaseSettings, rows: int, batch: int, runs: int) -> None
     """How much the rollup triggers slow the pipeline's COPY: `rows` ratings in batches of
     `batch` rows (one transaction each, as the pipeline does), with and without the triggers,
     into a scratch database emptied before every run."""
-    database = ensure_database(admin, f"{DEFAULT_DATABASE}_copy")
+    database = create_database(admin, f"{DEFAULT_DATABASE}_copy", schema=False)
     conn = connect(database, application_name="lmnh-dashboard-bench")
     try:
-        apply_schema(conn)
+        apply_schema(conn, [VIEWS_FILE])
         with conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT array_agg(exhibition_id), (SELECT array_agg(rating_id) FROM rating)"
                 " FROM exhibition"
             )
             exhibitions, ratings = cur.fetchone() or ([], [])
-        start = datetime(2026, 10, 1, 9, tzinfo=MUSEUM_CLOCK)
+        start = datetime(2026, 10, 1, 9, tzinfo=LONDON)
         # Spread over 30 days of opening hours, like a backfill: more rollup keys than live data.
         lines = [
             f"{exhibitions[n % len(exhibitions)]}\t{ratings[n * 7 % len(ratings)]}\t"
@@ -268,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.database == settings.database.name:
         print("--database must not be the pipeline's own database", file=sys.stderr)
         return 2
-    database = ensure_database(settings.database, args.database)
+    database = create_database(settings.database, args.database, schema=False)
     fill(database, args.rows, args.days)
     base_url, _thread = serve_in_background(database)
     print(f"\n{args.repeat} calls each over HTTP, milliseconds")

@@ -16,13 +16,14 @@ from psycopg2 import sql
 from psycopg2.extensions import cursor as Cursor
 
 from dashboard.filters import LAST_HOUR, Filters
+from lmnh.museum import CLOSES, OPENS
 
 Row = dict[str, Any]
 
-# The museum's opening hours (08:45-18:15 London), as hours and as quarter hours of the day:
-# the time-of-day charts show these slots, zero where nothing happened.
-OPENING_HOURS = (8, 18)
-OPENING_QUARTERS = (8 * 4 + 3, 18 * 4 + 1)
+# The museum's opening hours, as hours and as quarter hours of the day (08:45-18:15 London is
+# hours 8-18, quarters 35-73): the time-of-day charts show these slots, zero where quiet.
+OPENING_HOURS = (OPENS.hour, CLOSES.hour)
+OPENING_QUARTERS = (OPENS.hour * 4 + OPENS.minute // 15, CLOSES.hour * 4 + CLOSES.minute // 15)
 
 
 def _conditions(filters: Filters, *, requests: bool) -> sql.Composable:

@@ -6,11 +6,10 @@ that all of them judge an input alike. It does not import atheris: replaying nee
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta
 
 from lmnh.events import KafkaMessage, Outcome, RatingEvent, Reason, Rejection, RequestEvent
-from lmnh.reference import KIOSK_REFERENCE, Reference
+from lmnh.museum import KIOSK_REFERENCE, LONDON, Reference, in_opening_hours
 from lmnh.store import copy_row
 from lmnh.validation import validate
 
@@ -33,9 +32,8 @@ REFERENCE = Reference(
 # A reason quotes one value of at most 40 characters (an escaped one takes up to 6) or 200 of a
 # parser's error: 400 is a generous bound.
 MAX_DETAIL = 400
-# The README's rules 13-15, restated here rather than imported from the validator.
-_LONDON = ZoneInfo("Europe/London")
-_OPENS, _CLOSES = time(8, 45), time(18, 15)
+# The rules on time, restated here rather than imported from the validator; the museum's
+# clock and hours are facts, shared by all.
 _SKEW = timedelta(seconds=5)
 _TABLE = {RatingEvent: 0, RequestEvent: 1, Rejection: 2}
 _COLUMNS = (6, 6, 8)  # per table, as in lmnh.store.COPY_STATEMENTS
@@ -126,10 +124,9 @@ def _check_when_and_where(event: RatingEvent | RequestEvent) -> None:
     if opened is None:
         raise InvariantError("unknown exhibition", event)
     _require(event.at.utcoffset() is not None, "naive timestamp", event)
-    local = event.at.astimezone(_LONDON)
-    _require(_OPENS <= local.time() <= _CLOSES, "out of hours", event)
+    _require(in_opening_hours(event.at), "out of hours", event)
     _require(event.at <= NOW + _SKEW, "in the future", event)
-    _require(local.date() >= opened, "before its exhibition", event)
+    _require(event.at.astimezone(LONDON).date() >= opened, "before its exhibition", event)
 
 
 def _is_utf8(text: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,13 +13,11 @@ from psycopg2.extensions import connection as Connection
 from lmnh.config import DatabaseSettings
 from lmnh.errors import ExitCode, FatalError, PermanentError, PipelineError, TransientError
 
-SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.sql"
-VIEWS_FILE = SCHEMA_FILE.parent / "dashboard" / "views.sql"
-ROLES_FILE = SCHEMA_FILE.parent / "roles.sql"  # grants on all of the above, so it comes last
-# Everything schema.sql and views.sql create, children before parents, for --reset.
+SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
+ROLES_FILE = SCHEMA_FILE.parent / "roles.sql"  # grants on all the others, so it comes last
+# The tables of schema.sql, children before parents. What other parts add on top of them (the
+# dashboard's views and rollups) is dropped with them by a reset, and rebuilt by their own file.
 TABLES = (
-    "rating_rollup",
-    "request_rollup",
     "kafka_offset",
     "rejected_message",
     "rating_interaction",
@@ -78,17 +77,33 @@ def execute_outside_transaction(db: DatabaseSettings, statement: sql.Composable)
         conn.close()
 
 
+def ensure_database(server: DatabaseSettings, name: str) -> bool:
+    """Create database `name` on the server `server` points at, unless it exists; True if this
+    call created it. It connects to the server's `postgres` database, which always exists."""
+    conn = connect(replace(server, name="postgres"))
+    conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is not None:
+                return False
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            return True
+    finally:
+        conn.close()
+
+
 def create_database(
-    server: DatabaseSettings, name: str, *, schema: bool = True
+    server: DatabaseSettings, name: str, *, schema: bool = True, extensions: Sequence[Path] = ()
 ) -> DatabaseSettings:
-    """A new database `name` on the server `server` points at, with the schema applied unless
-    `schema` is False; returns its settings."""
-    execute_outside_transaction(server, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    """Database `name` on the server `server` points at, created if missing, with the schema
+    and `extensions` applied unless `schema` is False; returns its settings."""
+    ensure_database(server, name)
     database = replace(server, name=name)
     if schema:
         conn = connect(database)
         try:
-            apply_schema(conn)
+            apply_schema(conn, extensions)
         finally:
             conn.close()
     return database
@@ -121,11 +136,14 @@ def require_schema(conn: Connection) -> None:
         )
 
 
-def apply_schema(conn: Connection) -> None:
-    """Create what is missing and seed the reference data; never drops or deletes."""
+def apply_schema(conn: Connection, extensions: Sequence[Path] = ()) -> None:
+    """Create what is missing and seed the reference data; never drops or deletes. Each of
+    `extensions` (say, the dashboard's views.sql) is applied after schema.sql and before
+    roles.sql, which grants on what they made too. The pipeline itself needs none of them."""
     with conn, conn.cursor() as cur:
         cur.execute(SCHEMA_FILE.read_text(encoding="utf-8"))
-        cur.execute(VIEWS_FILE.read_text(encoding="utf-8"))
+        for extension in extensions:
+            cur.execute(extension.read_text(encoding="utf-8"))
         cur.execute(ROLES_FILE.read_text(encoding="utf-8"))
 
 
@@ -142,12 +160,13 @@ def table_row_counts(conn: Connection) -> dict[str, int]:
     return counts
 
 
-def reset_schema(conn: Connection) -> None:
-    """Drop every table of the schema with all its rows, then apply the schema afresh."""
+def reset_schema(conn: Connection, extensions: Sequence[Path] = ()) -> None:
+    """Drop every table of the schema with all its rows, and whatever depends on them, then
+    apply the schema and `extensions` afresh."""
     with conn, conn.cursor() as cur:
         tables = sql.SQL(", ").join(sql.Identifier(table) for table in TABLES)
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(tables))
-    apply_schema(conn)
+    apply_schema(conn, extensions)
 
 
 # What to do about an error PostgreSQL reports, by its SQLSTATE (class = the first two

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from lmnh import backoff
 from lmnh.errors import ExitCode, FatalError, PermanentError, TransientError
 from lmnh.events import KafkaMessage, Outcome, Reason, Rejection
-from lmnh.reference import Reference
+from lmnh.museum import Reference
 from lmnh.store import Store, WriteResult, unstorable
 from lmnh.validation import validate
 
@@ -386,9 +387,8 @@ class Pipeline:
         On the main thread (`serve_group`) the wait also serves the consumer group, which
         would otherwise expel this member once `max.poll.interval.ms` has passed.
         """
-        delay = _RETRY_FIRST_S
         held = False
-        while True:
+        for delay in backoff.delays(_RETRY_FIRST_S, _RETRY_MAX_S):
             try:
                 result = action()
                 break
@@ -401,7 +401,6 @@ class Pipeline:
                 if serve_group:
                     self._source.hold()
                     held = True
-            delay = min(delay * 2, _RETRY_MAX_S)
         if held:
             self._source.release()
         return result

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
 
+from lmnh import backoff
 from lmnh.config import DatabaseSettings
 from lmnh.database import classify, connect, require_schema
 from lmnh.errors import ExitCode, FatalError, TransientError
@@ -33,7 +34,7 @@ from lmnh.events import (
     RequestEvent,
     storable_text,
 )
-from lmnh.reference import Reference
+from lmnh.museum import Reference
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ class Store:
         or lacks the schema is reported with a clear error.
         """
         deadline = time.monotonic() + wait_s
-        delay = 0.5
-        while True:
+        for delay in backoff.delays(0.5, 5.0):
             try:
                 conn = self._connection()
                 break
@@ -115,7 +115,6 @@ class Store:
                     raise
                 log.warning("%s; waiting up to %.0f s", error, deadline - time.monotonic())
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
         require_schema(conn)
 
     @contextmanager

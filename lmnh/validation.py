@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from lmnh.events import Outcome, RatingEvent, Reason, Rejection, RequestEvent, storable_text
-from lmnh.reference import KIOSK_REFERENCE, Reference
+from lmnh.museum import CLOSES, KIOSK_REFERENCE, LONDON, OPENS, Reference
 
-MUSEUM_CLOCK = ZoneInfo("Europe/London")
-OPENS = time(8, 45, 0)
-CLOSES = time(18, 15, 0)  # inclusive: 18:15:00.000000 is open, 18:15:00.000001 is not
 CLOCK_SKEW = timedelta(seconds=5)
 REQUEST_MARKER = -1  # `val` of a request button press; its kind is in `type`
 
@@ -206,7 +202,7 @@ def _parse_at(value: Any) -> tuple[datetime, datetime] | str:
             return _parse_at(value[:-1] + "Z")
         return f"is not a real date-time ({_storable(str(error))})"
     try:
-        return at, at.astimezone(MUSEUM_CLOCK)
+        return at, at.astimezone(LONDON)
     except OverflowError:  # 0001-01-01T00:00:30Z is still in year 0 on London's clock
         return "is too close to year 1 or year 9999 to be read on London's clock"
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from dashboard import VIEWS_FILE
 from lmnh.config import Settings, load_config, read_environment
 from lmnh.database import apply_schema, connect, reset_schema, table_row_counts
 from lmnh.errors import ConfigError, ExitCode, FatalError, PipelineError, TransientError
@@ -66,7 +67,7 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
     try:
         where = f"{settings.database.name} on {settings.database.host}:{settings.database.port}"
         if not args.reset:
-            apply_schema(conn)
+            apply_schema(conn, [VIEWS_FILE])
             print(f"schema: applied to {where} (nothing dropped)")
             return ExitCode.OK
         print(f"schema --reset deletes these tables of {where} with all their rows:")
@@ -77,7 +78,7 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
         ):
             print("schema: nothing dropped (pass --yes to reset without asking)")
             return ExitCode.CONFIG
-        reset_schema(conn)
+        reset_schema(conn, [VIEWS_FILE])
         print(f"schema: dropped and re-applied to {where}")
         return ExitCode.OK
     finally:

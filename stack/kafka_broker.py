@@ -25,8 +25,9 @@ from pathlib import Path
 from lmnh import config
 from lmnh.config import KafkaSettings, Settings
 from lmnh.errors import FatalError
-from lmnh.kafka_admin import ensure_topic, topic_partition_counts, wait_until_ready
+from lmnh.kafka_admin import wait_until_ready
 from stack import STACK_DIR, StackError, print_tail
+from stack.topics import ensure_topic, topic_partition_counts
 
 TOPIC = "lmnh"
 

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from psycopg2 import sql
 from psycopg2.extensions import connection
 
+from lmnh import backoff
 from lmnh.config import DatabaseSettings, Settings
+from lmnh.database import ensure_database
 from stack import REPO_ROOT, STACK_DIR, StackError, print_tail
 
 PG_DIR = STACK_DIR / "postgres"
@@ -87,7 +88,7 @@ def up(settings: Settings) -> None:
     else:
         print(f"postgres: server already running (pid {pid})")
     _wait_for_connection(db)
-    if _ensure_database(db):
+    if ensure_database(db, db.name):
         print(f"postgres: created database {db.name!r}")
     else:
         print(f"postgres: database {db.name!r} exists")
@@ -360,7 +361,7 @@ def _running_pid(cluster: Cluster) -> int | None:
 def _wait_for_connection(db: DatabaseSettings) -> None:
     """pg_ctl -w saw the server up; this proves the TCP + password path the pipeline uses."""
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
-    while True:
+    for delay in backoff.delays(0.1, 1.0):
         try:
             _connect(db, "postgres").close()
             return
@@ -372,19 +373,7 @@ def _wait_for_connection(db: DatabaseSettings) -> None:
                     f"{db.username}: {reason}; if DB_USERNAME/DB_PASSWORD changed since it was "
                     "created, re-create it with `python -m stack down postgres --wipe`"
                 ) from None
-        time.sleep(0.5)
-
-
-def _ensure_database(db: DatabaseSettings) -> bool:
-    """Create the pipeline's database if missing; True if this call created it."""
-    with closing(_connect(db, "postgres")) as conn:
-        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.name,))
-            if cursor.fetchone() is not None:
-                return False
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db.name)))
-            return True
+        time.sleep(delay)
 
 
 def _one_line(exc: Exception) -> str:

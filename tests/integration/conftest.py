@@ -14,9 +14,10 @@ from dataclasses import replace
 import pytest
 from psycopg2 import sql
 
+from dashboard import VIEWS_FILE
 from lmnh.config import DatabaseSettings, Secret, Settings, load_config
 from lmnh.database import create_database, drop_database, execute_outside_transaction
-from lmnh.kafka_admin import delete_topic, ensure_topic
+from stack.topics import delete_topic, ensure_topic
 from tests.integration.support import NO_ENV_FILE, PYTHON, ROOT, Target, clean_env
 
 
@@ -35,7 +36,7 @@ def settings() -> Settings:
 @pytest.fixture
 def target(settings: Settings) -> Iterator[Target]:
     name = f"test_{uuid.uuid4().hex[:12]}"
-    database = create_database(settings.database, name)
+    database = create_database(settings.database, name, extensions=[VIEWS_FILE])
     ensure_topic(settings.kafka, name, settings.topic_partitions)
     try:
         yield Target(replace(settings, database=database), name, {**clean_env(), "DB_NAME": name})

@@ -20,7 +20,7 @@ from typing import Any
 import schemathesis
 
 from dashboard.filters import MAX_DAYS
-from lmnh.validation import MUSEUM_CLOCK
+from lmnh.museum import LONDON
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
@@ -33,7 +33,7 @@ def map_case(_context: schemathesis.HookContext, case: schemathesis.Case) -> sch
     query = case.query
     start, given_end = _day(query.get("from")), _day(query.get("to"))
     if start is not None:  # without `from`, the rolling window always fits
-        today = datetime.now(MUSEUM_CLOCK).date()
+        today = datetime.now(LONDON).date()
         end = given_end or today
         start, end = min(start, end), max(start, end)
         if (end - start).days >= MAX_DAYS:

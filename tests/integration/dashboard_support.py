@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 from psycopg2 import sql
 
+from dashboard import VIEWS_FILE
 from lmnh.config import DatabaseSettings, Settings
 from lmnh.database import connect, create_database, drop_database
 
@@ -43,7 +44,7 @@ REQUESTS = [  # value 0 assistance, 1 emergency
 @pytest.fixture
 def dashboard_db(settings: Settings) -> Iterator[DatabaseSettings]:
     name = f"test_dash_{uuid.uuid4().hex[:12]}"
-    database = create_database(settings.database, name)
+    database = create_database(settings.database, name, extensions=[VIEWS_FILE])
     try:
         yield database
     finally:

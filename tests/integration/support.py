@@ -20,8 +20,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from lmnh.config import VARIABLES, Settings
 from lmnh.database import connect
 from lmnh.kafka_admin import client_config
-from lmnh.kafka_producer import AckedProducer
-from lmnh.simulator import report_counts
+from simulator.producer import AckedProducer
+from simulator.traffic import report_counts
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable

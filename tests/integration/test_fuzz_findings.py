@@ -20,7 +20,7 @@ from confluent_kafka import Consumer
 from fuzz.__main__ import DICTIONARY, FINDINGS, SEEDS
 from lmnh.events import RatingEvent, Rejection, RequestEvent
 from lmnh.kafka_admin import client_config
-from lmnh.reference import KIOSK_REFERENCE
+from lmnh.museum import KIOSK_REFERENCE
 from lmnh.validation import validate
 from tests.integration.support import Target, consumed
 

@@ -14,11 +14,11 @@ import pytest
 from confluent_kafka import Consumer
 
 from lmnh.events import Rejection
-from lmnh.kafka_admin import client_config, delete_topic, ensure_topic
-from lmnh.reference import KIOSK_REFERENCE
-from lmnh.simulator import TrafficMix, backfill
-from lmnh.validation import MUSEUM_CLOCK as LONDON
+from lmnh.kafka_admin import client_config
+from lmnh.museum import KIOSK_REFERENCE, LONDON
 from lmnh.validation import validate
+from simulator.traffic import TrafficMix, backfill
+from stack.topics import delete_topic, ensure_topic
 from tests.integration.support import Target, consumed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -25,7 +25,7 @@ from confluent_kafka.admin._resource import ResourceType
 
 from lmnh.events import RatingEvent, Rejection, RequestEvent
 from lmnh.kafka_admin import client_config
-from lmnh.reference import KIOSK_REFERENCE
+from lmnh.museum import KIOSK_REFERENCE
 from lmnh.validation import validate
 from tests.integration.support import (
     Delivered,

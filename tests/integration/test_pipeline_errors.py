@@ -10,7 +10,7 @@ import pytest
 from lmnh.config import LOCAL_KAFKA_SASL, LOCAL_KAFKA_SASL_PASSWORD, LOCAL_KAFKA_SASL_USER
 from lmnh.database import create_database, drop_database
 from lmnh.errors import ExitCode
-from lmnh.kafka_admin import delete_topic, ensure_topic
+from stack.topics import delete_topic, ensure_topic
 from tests.integration.support import HISTORY_UNTIL, Target, assert_exactly_once, run
 
 pytestmark = pytest.mark.integration

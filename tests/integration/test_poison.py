@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from lmnh.events import Outcome, RatingEvent, Rejection, RequestEvent
-from lmnh.reference import KIOSK_REFERENCE
+from lmnh.museum import KIOSK_REFERENCE
 from lmnh.validation import validate
 from tests.integration.support import (
     Target,

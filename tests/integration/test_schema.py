@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 
 from lmnh.database import apply_schema, connect, missing_tables, reset_schema
-from lmnh.reference import KIOSK_REFERENCE
+from lmnh.museum import KIOSK_REFERENCE
 from lmnh.store import Store
 from tests.integration.support import Target
 

@@ -10,9 +10,9 @@ from confluent_kafka import Consumer
 
 from lmnh.events import RatingEvent, Rejection
 from lmnh.kafka_admin import client_config
-from lmnh.reference import KIOSK_REFERENCE
-from lmnh.simulator import report_counts
+from lmnh.museum import KIOSK_REFERENCE
 from lmnh.validation import validate
+from simulator.traffic import report_counts
 from tests.integration.support import HISTORY_UNTIL, Target
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmnh.errors import ExitCode
-from lmnh.kafka_admin import topic_message_count
+from stack.topics import topic_message_count
 from tests.integration.support import Target, stack
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ from psycopg2 import sql
 from lmnh.database import classify, connect, execute_outside_transaction
 from lmnh.errors import ExitCode, FatalError, PermanentError, TransientError
 from lmnh.events import KafkaMessage, Outcome, RatingEvent, Reason, Rejection
-from lmnh.simulator import report_counts
 from lmnh.store import Store, WriteResult
 from lmnh.validation import validate
+from simulator.traffic import report_counts
 from tests.integration.conftest import MakeLogin
 from tests.integration.support import Target, database_counts, stored_coordinates
 

@@ -31,7 +31,7 @@ from dashboard.tableau import database_problems, export_hyper, extract_problems,
 from dashboard.tableau.workbook import DASHBOARDS, EXTRACT_FILE, LIVE_FILE, WORKBOOK_DIR
 from lmnh.config import DatabaseSettings, Secret
 from lmnh.database import connect, execute_outside_transaction
-from lmnh.validation import MUSEUM_CLOCK
+from lmnh.museum import LONDON
 from tests.integration.dashboard_support import RATINGS, REQUESTS, dashboard_db, store
 from tests.integration.support import PYTHON, ROOT, clean_env
 
@@ -652,7 +652,7 @@ def test_every_chart_shows_the_numbers_of_the_web_page(
     conn = connect(reader)
     lines = []
     try:
-        today = datetime.now(MUSEUM_CLOCK).date()
+        today = datetime.now(LONDON).date()
         for scenario, (query, choice) in scenarios(today).items():
             for sheet, name in CHARTS.items():
                 marks = Worksheet(root, sheet).rows(conn, choice)
@@ -677,7 +677,7 @@ def test_a_worksheet_unlike_its_web_chart_is_caught(web: str, reader: DatabaseSe
     )
     assert selected is not None
     selected.set("formula", selected.get("formula", "").split(" AND ([Parameters]")[0])
-    query, choice = scenarios(datetime.now(MUSEUM_CLOCK).date())[
+    query, choice = scenarios(datetime.now(LONDON).date())[
         "since March, 3 exhibitions, emergencies, 09-14 h, quarter hours (by week)"
     ]
     conn = connect(reader)

@@ -14,7 +14,7 @@ from bench.local import BenchError
 from bench.original_loader import validate_message
 from bench.report import format_table, parse_sizes, parse_summary, percentile, render
 from lmnh.events import KafkaMessage, RatingEvent, Reason, Rejection, RequestEvent
-from lmnh.reference import Reference
+from lmnh.museum import Reference
 from lmnh.store import copy_row
 
 REFERENCE = Reference(

@@ -10,17 +10,15 @@ from functools import cache
 import pytest
 
 from lmnh.events import RatingEvent, Reason, Rejection, RequestEvent
-from lmnh.reference import KIOSK_REFERENCE
-from lmnh.simulator import (
+from lmnh.museum import KIOSK_REFERENCE, LONDON, in_opening_hours
+from simulator.traffic import (
     EXHIBITIONS,
     LIVE_FEED_DEFECTS,
-    LONDON,
     LiveFeed,
     SimulatedMessage,
     Tally,
     TrafficMix,
     backfill,
-    in_opening_hours,
 )
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=LONDON)

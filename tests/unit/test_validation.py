@@ -18,21 +18,19 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmnh.events import KafkaMessage, Outcome, RatingEvent, Reason, Rejection, RequestEvent
-from lmnh.reference import KIOSK_REFERENCE, Reference
+from lmnh.museum import KIOSK_REFERENCE, LONDON, Reference
 from lmnh.store import copy_row
 from lmnh.validation import validate, validate_message
 
 MESSAGES = Path(__file__).parent.parent / "data" / "messages"
 INDEX = MESSAGES / "expected.csv"
 NOW = datetime(2026, 3, 2, 12, 0, 0, tzinfo=UTC)  # the future_* files are dated around it
-LONDON = ZoneInfo("Europe/London")
 EXAMPLE_RATING = {"at": "2025-03-11T12:29:17.958630+00:00", "site": "5", "val": 3}
 EXAMPLE_REQUEST = {"at": "2024-10-21T09:22:29.261334+01:00", "site": "3", "val": -1, "type": 0}
 PROPERTY = settings(database=None)  # pure tests: no example database written to disk

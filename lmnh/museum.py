@@ -1,16 +1,29 @@
-"""Reference data the validator judges against: which exhibitions, ratings and requests exist.
+"""The museum's facts, in one place: its clock, its opening hours, and which exhibitions,
+ratings and requests exist.
 
 The vocabularies are data (the reference tables), not constants spread through the code: the
 pipeline loads a `Reference` from PostgreSQL and reloads it when an unknown key appears.
 `KIOSK_REFERENCE` mirrors the seed rows of `schema.sql` so that `validate_message` can be used
-without a database; a test keeps the two equal.
+without a database; a test keeps the two equal. The validator, the simulator, the dashboard
+and the benchmark all take the clock and the hours from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+LONDON = ZoneInfo("Europe/London")
+"""The museum's wall clock: opening hours, dashboards' days and hours are London time."""
+OPENS = time(8, 45, 0)
+CLOSES = time(18, 15, 0)  # inclusive: 18:15:00.000000 is open, 18:15:00.000001 is not
+
+
+def in_opening_hours(at: datetime) -> bool:
+    """True when `at`, on the London wall clock, is within 08:45:00-18:15:00 inclusive."""
+    return OPENS <= at.astimezone(LONDON).time() <= CLOSES
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,15 @@ from itertools import accumulate
 from typing import Any, TypeVar
 
 from lmnh.events import RatingEvent, Reason, RequestEvent
-from lmnh.reference import KIOSK_REFERENCE, Reference, public_id_for_site
-from lmnh.validation import CLOSES, OPENS
-from lmnh.validation import MUSEUM_CLOCK as LONDON
+from lmnh.museum import (
+    CLOSES,
+    KIOSK_REFERENCE,
+    LONDON,
+    OPENS,
+    Reference,
+    in_opening_hours,
+    public_id_for_site,
+)
 
 Truth = RatingEvent | RequestEvent | Reason
 T = TypeVar("T")
@@ -110,11 +116,6 @@ class SimulatedMessage:
 
     value: bytes
     truth: Truth
-
-
-def in_opening_hours(at: datetime) -> bool:
-    """True when `at`, on the London wall clock, is within 08:45:00-18:15:00 inclusive."""
-    return OPENS <= at.astimezone(LONDON).time() <= CLOSES
 
 
 def busyness(hour: float) -> float:
