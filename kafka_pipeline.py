@@ -13,10 +13,11 @@ import argparse
 import logging
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
-from lmnh.cli import load_settings, positive_int, stop_on_signals
-from lmnh.errors import ExitCode, FatalError, TransientError
+from lmnh.cli import load_settings, positive_int, run, stop_on_signals
+from lmnh.errors import ExitCode
 from lmnh.events import KafkaMessage, Rejection, storable_text
 from lmnh.kafka_source import KafkaSource
 from lmnh.pipeline import Pipeline, RunOptions
@@ -94,8 +95,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _configure_logging(args.logfile)
-    settings = load_settings(args.env_file)
+    return run(
+        "kafka_pipeline.py",
+        partial(_load, args),
+        interrupted="the batch in hand was abandoned (rolled back, its offsets not committed);"
+        " the next run loads it",
+    )
 
+
+def _load(args: argparse.Namespace) -> int:
+    settings = load_settings(args.env_file)
     stop = threading.Event()
     stop_on_signals(stop, log, "stopping after the batch in hand")
     options = RunOptions(
@@ -120,19 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         source.check(args.startup_timeout)
         source.subscribe()
         stats = pipeline.run(source)
-    except FatalError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except TransientError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return ExitCode.DATABASE_UNREACHABLE
-    except KeyboardInterrupt:
-        print(
-            "interrupted: the batch in hand was abandoned (rolled back, its offsets not"
-            " committed); the next run loads it",
-            file=sys.stderr,
-        )
-        return ExitCode.INTERRUPTED
     finally:
         if source is not None:
             source.close()

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-from lmnh.cli import load_settings, positive_int, stop_on_signals
+from lmnh.cli import fail, load_settings, positive_int, run, stop_on_signals
 from lmnh.config import KafkaSettings
 from lmnh.errors import ExitCode, FatalError
 from lmnh.kafka_admin import wait_until_ready
@@ -38,6 +38,7 @@ from simulator.traffic import (
 )
 from stack.topics import topic_message_count, topic_partition_counts
 
+PROGRAM = "kiosk_simulator.py"
 READY_TIMEOUT_S = 15.0
 FLUSH_TIMEOUT_S = 30.0
 _LIVE_TICK_S = 0.1
@@ -47,7 +48,7 @@ log = logging.getLogger("kiosk_simulator")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kiosk_simulator.py",
+        prog=PROGRAM,
         description="Send simulated kiosk messages to Kafka: a believable day's traffic over "
         "the six exhibitions, with the live feed's share of invalid messages. Connection "
         "settings come from the environment or .env; without them the local broker "
@@ -120,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.until is not None and args.backfill is None:
         parser.error("--until goes with --backfill")
     _configure_logging()
-    settings = load_settings(args.env_file)
+    return run(PROGRAM, partial(_simulate, parser, args))
 
+
+def _simulate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    settings = load_settings(args.env_file)
     seed: int = args.seed if args.seed is not None else secrets.randbits(32)
     mix = TrafficMix(invalid_share=args.invalid_share)
     history: Iterable[SimulatedMessage] | None = None
@@ -136,21 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--backfill {args.backfill:g} --until {until.isoformat()}: {error}")
 
     tally = Tally()
-    try:
-        producer = _connect(settings.kafka, args.topic, tally)
-        if args.only_into_empty_topic:
-            held = topic_message_count(settings.kafka, args.topic)
-            if held:
-                print(
-                    f"topic {args.topic} already holds {held} messages: nothing sent",
-                    file=sys.stderr,
-                )
-                return ExitCode.OK
-    except FatalError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED  # a second Ctrl-C: unacknowledged messages given up
+    producer = _connect(settings.kafka, args.topic, tally)
+    if args.only_into_empty_topic:
+        held = topic_message_count(settings.kafka, args.topic)
+        if held:
+            print(
+                f"topic {args.topic} already holds {held} messages: nothing sent", file=sys.stderr
+            )
+            return ExitCode.OK
 
     stop = threading.Event()
     stop_on_signals(stop, log, "stopping; waiting for the broker's acks")
@@ -195,18 +192,10 @@ def _send_and_flush(producer: AckedProducer[Truth], send: Callable[[], None]) ->
     the unacknowledged messages are given up at once (and counted as failed)."""
     try:
         send()
-    except FatalError as error:
-        print(f"error: {error}", file=sys.stderr)
-        producer.finish(0.0)
-        return error.exit_code
-    except KeyboardInterrupt:
-        producer.finish(0.0)
-        return ExitCode.INTERRUPTED
-    try:
         producer.finish(FLUSH_TIMEOUT_S)
-    except KeyboardInterrupt:
+    except (FatalError, KeyboardInterrupt) as error:
         producer.finish(0.0)
-        return ExitCode.INTERRUPTED
+        return fail(PROGRAM, error, "unacknowledged messages given up")
     return ExitCode.UNEXPECTED if producer.failed else ExitCode.OK
 
 

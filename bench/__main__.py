@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,15 @@ from bench.local import (
 )
 from bench.machine import code_digest, describe, git_state
 from bench.report import Summary, parse_sizes, percentile, rate, render, thousands
-from lmnh.cli import positive_int
+from lmnh.cli import positive_int, run
 from lmnh.config import Settings
 from lmnh.database import connect
-from lmnh.errors import FatalError, TransientError
 from lmnh.events import KafkaMessage, Outcome, Rejection
 from lmnh.kafka_admin import wait_until_ready
 from lmnh.store import Store
 from lmnh.validation import validate
 
 RESULTS = ROOT / "bench" / "results"
-STACK_NOT_RUNNING = 3
 JOIN_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 120.0
 
@@ -119,19 +118,19 @@ class Progress:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settings = local_settings()
-    try:
-        wait_until_ready(settings.kafka, 15)
-        connect(settings.database).close()
-    except (FatalError, TransientError) as error:
-        print(f"error: the local stack is not running: {error}", file=sys.stderr)
-        return STACK_NOT_RUNNING
+    command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    return run("python -m bench", partial(_bench, args, command), interrupted="nothing written")
 
+
+def _bench(args: argparse.Namespace, command: str) -> int:
+    settings = local_settings()
+    wait_until_ready(settings.kafka, 15)
+    connect(settings.database).close()
     started = datetime.now(UTC)
     progress = Progress()
     resources = Resources(settings, started.strftime("%Y%m%d%H%M%S"))
     result: dict[str, Any] = {
-        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "command": command,
         "started_at": started.isoformat(timespec="seconds"),
         "git": git_state(),
         "machine": describe(settings.database),
@@ -147,12 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="lmnh-bench-") as scratch:
             _run(args, settings, resources, Path(scratch), result, progress)
-    except BenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
-        return 130
     finally:
         progress("removing the run's databases, topics and consumer groups")
         resources.close()

@@ -26,6 +26,7 @@ from bench.report import Summary, parse_summary
 from dashboard import VIEWS_FILE
 from lmnh.config import VARIABLES, DatabaseSettings, KafkaSettings, Settings, load_config
 from lmnh.database import connect, create_database, drop_database, execute_outside_transaction
+from lmnh.errors import PipelineError
 from lmnh.events import KafkaMessage
 from lmnh.kafka_admin import client_config
 from simulator.traffic import report_counts
@@ -41,7 +42,7 @@ PARTITIONS = 6
 LAUNCHER = ROOT / "bench" / "peak_rss.py"
 
 
-class BenchError(Exception):
+class BenchError(PipelineError):
     """The benchmark cannot go on, or a contender gave a wrong result: one line says which."""
 
 

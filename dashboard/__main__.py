@@ -14,12 +14,13 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
-from lmnh.cli import load_settings, positive_int
+from lmnh.cli import load_settings, positive_int, run
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
-from lmnh.errors import ExitCode, FatalError, TransientError
+from lmnh.errors import ConfigError, ExitCode, FatalError, TransientError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8050
@@ -57,25 +58,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    return run("python -m dashboard", partial(_serve, args))
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
         from dashboard.app import create_app
     except ImportError as error:
-        print(
-            f"python -m dashboard: {error.name} is missing; install the dashboard's requirements:"
-            " .venv/bin/pip install -r requirements-dashboard.txt",
-            file=sys.stderr,
-        )
-        return ExitCode.CONFIG
+        raise ConfigError(
+            [
+                f"{error.name} is missing; install the dashboard's requirements:"
+                " .venv/bin/pip install -r requirements-dashboard.txt"
+            ]
+        ) from None
     settings = load_settings(args.env_file)
     if not _can_listen(args.host, args.port):
-        print(
-            f"python -m dashboard: cannot listen on {args.host}:{args.port} (in use: is the"
-            " dashboard already running?); choose another with --port",
-            file=sys.stderr,
+        raise ConfigError(
+            [
+                f"cannot listen on {args.host}:{args.port} (in use: is the dashboard already"
+                " running?); choose another with --port"
+            ]
         )
-        return ExitCode.CONFIG
     _check_database(settings.database)
     app = create_app(
         settings.database,

@@ -20,12 +20,14 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 from dashboard import VIEWS_FILE
-from lmnh.cli import load_settings, positive_int
+from lmnh.cli import load_settings, positive_int, run
 from lmnh.config import DatabaseSettings
 from lmnh.database import apply_schema, connect, create_database
+from lmnh.errors import ConfigError
 from lmnh.museum import LONDON
 
 DEFAULT_DATABASE = "lmnh_dashboard_bench"
@@ -245,14 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="instead: measure what the rollup triggers add to a COPY of 100,000 rows",
     )
     args = parser.parse_args(argv)
+    return run("python -m dashboard.bench", partial(_measure, args))
+
+
+def _measure(args: argparse.Namespace) -> int:
     settings = load_settings(args.env_file)
     if args.copy_cost:
         for batch in (100_000, 5_000):
             copy_cost(settings.database, 100_000, batch, runs=5)
         return 0
     if args.database == settings.database.name:
-        print("--database must not be the pipeline's own database", file=sys.stderr)
-        return 2
+        raise ConfigError(["--database must not be the pipeline's own database"])
     database = create_database(settings.database, args.database, schema=False)
     fill(database, args.rows, args.days)
     base_url, _thread = serve_in_background(database)

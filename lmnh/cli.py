@@ -1,4 +1,5 @@
-"""Pieces shared by the command-line entry points (the pipeline and the simulator)."""
+"""What every command-line program shares: settings, signals, argument types, and the one
+mapping from what went wrong to the exit code (documented in the README)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,54 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from lmnh.config import Settings, load_config, read_environment
-from lmnh.errors import ConfigError, ExitCode
+from lmnh.errors import ConfigError, ExitCode, FatalError, PipelineError, TransientError
 
 
 def load_settings(env_file: Path | None) -> Settings:
-    """Settings from the environment and .env; on problems, list them all and exit 2."""
-    try:
-        return load_config(read_environment(env_file))
-    except ConfigError as error:
+    """Settings from the environment and .env; raises ConfigError listing every problem."""
+    return load_config(read_environment(env_file))
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The exit code of a program that stops on `error`: the same for every program."""
+    if isinstance(error, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    if isinstance(error, ConfigError):
+        return ExitCode.CONFIG
+    if isinstance(error, FatalError):
+        return error.exit_code
+    if isinstance(error, TransientError):
+        # Still failing when the program had to give up waiting: the database did not come
+        # back (the broker's waits end in a FatalError that names it).
+        return ExitCode.DATABASE_UNREACHABLE
+    return ExitCode.UNEXPECTED
+
+
+def fail(program: str, error: BaseException, interrupted: str = "") -> ExitCode:
+    """Say on stderr why `program` stops, in one line per problem, and return its exit code."""
+    if isinstance(error, ConfigError):
         for problem in error.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
-        raise SystemExit(ExitCode.CONFIG) from None
+            print(f"{program}: configuration error: {problem}", file=sys.stderr)
+    elif isinstance(error, KeyboardInterrupt):
+        if interrupted:
+            print(f"{program}: interrupted: {interrupted}", file=sys.stderr)
+    else:
+        print(f"{program}: error: {error}", file=sys.stderr)
+    return exit_code_for(error)
+
+
+def run(program: str, body: Callable[[], int], *, interrupted: str = "") -> int:
+    """Run a program's body. The project's errors and a second Ctrl-C end as `fail` says;
+    anything else is a bug, and keeps its traceback (exit 1)."""
+    try:
+        return body()
+    except (PipelineError, KeyboardInterrupt) as error:
+        return fail(program, error, interrupted)
 
 
 def stop_on_signals(stop: threading.Event, log: logging.Logger, first_stop: str) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
+from lmnh.errors import PipelineError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = REPO_ROOT / ".stack"
 
 
-class StackError(Exception):
-    """A failure the CLI reports as one line, which should name the fix."""
+class StackError(PipelineError):
+    """A failure of the local stack, reported as one line that names the fix (exit 1)."""
 
 
 def print_tail(path: Path, lines: int = 20) -> None:

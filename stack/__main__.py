@@ -2,8 +2,9 @@
 `python -m stack schema [--reset]`: apply schema.sql to the configured database.
 
 Exit codes: 0 success; 3 from `status` when a service is not running; on failure one line
-on stderr that names the fix and a code from lmnh.errors.ExitCode (2 configuration, 3 Kafka
-unreachable, 4 Kafka rejected the credentials, 7 topic not creatable, 1 anything else).
+on stderr that names the fix and the code every program uses (lmnh.cli.exit_code_for: 2
+configuration, 3 Kafka unreachable, 4 Kafka rejected the credentials, 5 database unreachable,
+7 topic not creatable, 1 anything else).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dashboard import VIEWS_FILE
+from lmnh.cli import run
 from lmnh.config import Settings, load_config, read_environment
 from lmnh.database import apply_schema, connect, reset_schema, table_row_counts
-from lmnh.errors import ConfigError, ExitCode, FatalError, PipelineError, TransientError
-from stack import StackError, kafka_broker, postgres_server
+from lmnh.errors import ExitCode
+from stack import kafka_broker, postgres_server
 
 NOT_RUNNING = 3
 SERVICES = ("kafka", "postgres")
@@ -104,21 +106,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        settings = load_config(read_environment(args.env_file))
-        return _run(args, settings)
-    except ConfigError as exc:
-        print(f"stack: configuration error: {exc}; fix the environment or .env", file=sys.stderr)
-        return ExitCode.CONFIG
-    except FatalError as exc:
-        print(f"stack: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except TransientError as exc:
-        print(f"stack: {exc}", file=sys.stderr)
-        return ExitCode.DATABASE_UNREACHABLE
-    except (StackError, PipelineError) as exc:
-        print(f"stack: {exc}", file=sys.stderr)
-        return ExitCode.UNEXPECTED
+    return run("python -m stack", lambda: _run(args, load_config(read_environment(args.env_file))))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -29,10 +30,10 @@ from psycopg2.extensions import connection as Connection
 
 from dashboard.tableau.checks import check_workbook
 from dashboard.tableau.workbook import TDS_DIR, WORKBOOK_DIR, generated_files
-from lmnh.cli import load_settings
+from lmnh.cli import load_settings, run
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
-from lmnh.errors import ExitCode, FatalError, TransientError
+from lmnh.errors import ConfigError, ExitCode, FatalError
 
 # The views a BI tool gets, in the order a newcomer would read them (see views.sql).
 VIEWS = (
@@ -374,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m dashboard.tableau",
         description="Write Tableau files from the reporting views.",
         epilog="Exit codes: 0 done, 1 unexpected, 2 configuration or missing requirement, "
-        "5 database unreachable, 8 extract differs from PostgreSQL.",
+        "5 database unreachable, 6 views missing, 8 extract differs from PostgreSQL.",
     )
     parser.add_argument("--env-file", type=Path, help="settings file (default ./.env)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -398,15 +399,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="take the live connection from the .tds files here (default dashboard/tds/)",
     )
     args = parser.parse_args(argv)
+    return run("python -m dashboard.tableau", partial(_write, args))
 
+
+def _write(args: argparse.Namespace) -> int:
     if args.command == "twb":
         return write_workbooks(args.out_dir, args.hyper, args.tds_dir)
     settings = load_settings(args.env_file)
-    try:
-        conn = connect(settings.database, application_name="lmnh-tableau")
-    except (FatalError, TransientError) as error:
-        print(f"dashboard.tableau: {error}", file=sys.stderr)
-        return ExitCode.DATABASE_UNREACHABLE
+    conn = connect(settings.database, application_name="lmnh-tableau")
     try:
         if args.command == "tds":
             for path in write_tds(conn, settings.database, args.out_dir):
@@ -415,12 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             import tableauhyperapi  # noqa: F401
         except ImportError:
-            print(
-                "dashboard.tableau hyper: tableauhyperapi is missing; install the optional"
-                " extra: .venv/bin/pip install -r requirements-tableau.txt",
-                file=sys.stderr,
-            )
-            return ExitCode.CONFIG
+            raise ConfigError(
+                [
+                    "tableauhyperapi is missing; install the optional extra:"
+                    " .venv/bin/pip install -r requirements-tableau.txt"
+                ]
+            ) from None
         started = time.perf_counter()
         rows = export_hyper(conn, args.out)
         differences = verify_hyper(conn, args.out)
