@@ -8,9 +8,33 @@
 -- itself, with statement-level triggers over each statement's transition table, so a COPY of a
 -- batch adds one grouped upsert, not one per row; the pipeline knows nothing of them.
 --
--- Applying this file is idempotent and never deletes facts. It runs after schema.sql in the
--- same transaction (lmnh.database.apply_schema), and rebuilds a rollup only when it no longer
--- adds up to its fact table (for example the first time it is applied to existing data).
+-- Applying this file is idempotent and never deletes facts. `python -m stack schema` applies it
+-- after the pipeline's schema.sql, in the same transaction (lmnh.database.apply_schema with this
+-- file as an extension), and it rebuilds a rollup only when it no longer adds up to its fact
+-- table (for example the first time it is applied to existing data).
+
+-- The museum's clock -------------------------------------------------------------------------
+-- The London date, hour and quarter hour of an instant, written once: the triggers, the
+-- rebuild and the views all call these, so they cannot drift apart. IMMUTABLE (as PostgreSQL
+-- holds `AT TIME ZONE` with a named zone to be) and plain SQL, so the planner inlines them.
+
+CREATE OR REPLACE FUNCTION london_time(at timestamptz) RETURNS timestamp
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN at AT TIME ZONE 'Europe/London';
+
+CREATE OR REPLACE FUNCTION london_date(at timestamptz) RETURNS date
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN london_time(at)::date;
+
+CREATE OR REPLACE FUNCTION london_hour(at timestamptz) RETURNS smallint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN extract(hour FROM london_time(at))::smallint;
+
+-- 0 for 00:00-00:14, ..., 35 for 08:45-08:59, ..., 95 for 23:45-23:59.
+CREATE OR REPLACE FUNCTION london_quarter_hour(at timestamptz) RETURNS smallint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN (extract(hour FROM london_time(at)) * 4
+        + floor(extract(minute FROM london_time(at)) / 15))::smallint;
 
 -- Rollups ------------------------------------------------------------------------------------
 -- No foreign keys: every row is derived from a fact row that already passed them, and the
@@ -42,8 +66,8 @@ BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO rating_rollup AS r
             (london_date, hour_of_day, exhibition_id, rating_id, interactions)
-        SELECT (n.event_at AT TIME ZONE 'Europe/London')::date,
-               extract(hour FROM n.event_at AT TIME ZONE 'Europe/London')::smallint,
+        SELECT london_date(n.event_at),
+               london_hour(n.event_at),
                n.exhibition_id, n.rating_id, count(*)
         FROM new_rows AS n
         GROUP BY 1, 2, 3, 4
@@ -53,9 +77,8 @@ BEGIN
     END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
         WITH gone AS (
-            SELECT (o.event_at AT TIME ZONE 'Europe/London')::date AS london_date,
-                   extract(hour FROM o.event_at AT TIME ZONE 'Europe/London')::smallint
-                       AS hour_of_day,
+            SELECT london_date(o.event_at) AS london_date,
+                   london_hour(o.event_at) AS hour_of_day,
                    o.exhibition_id, o.rating_id, count(*) AS interactions
             FROM old_rows AS o
             GROUP BY 1, 2, 3, 4
@@ -82,10 +105,8 @@ BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO request_rollup AS r
             (london_date, quarter_hour, exhibition_id, request_id, interactions)
-        SELECT (n.event_at AT TIME ZONE 'Europe/London')::date,
-               (extract(hour FROM n.event_at AT TIME ZONE 'Europe/London') * 4
-                + floor(extract(minute FROM n.event_at AT TIME ZONE 'Europe/London') / 15)
-               )::smallint,
+        SELECT london_date(n.event_at),
+               london_quarter_hour(n.event_at),
                n.exhibition_id, n.request_id, count(*)
         FROM new_rows AS n
         GROUP BY 1, 2, 3, 4
@@ -95,10 +116,8 @@ BEGIN
     END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
         WITH gone AS (
-            SELECT (o.event_at AT TIME ZONE 'Europe/London')::date AS london_date,
-                   (extract(hour FROM o.event_at AT TIME ZONE 'Europe/London') * 4
-                    + floor(extract(minute FROM o.event_at AT TIME ZONE 'Europe/London') / 15)
-                   )::smallint AS quarter_hour,
+            SELECT london_date(o.event_at) AS london_date,
+                   london_quarter_hour(o.event_at) AS quarter_hour,
                    o.exhibition_id, o.request_id, count(*) AS interactions
             FROM old_rows AS o
             GROUP BY 1, 2, 3, 4
@@ -169,8 +188,8 @@ BEGIN
         DELETE FROM rating_rollup;
         INSERT INTO rating_rollup (london_date, hour_of_day, exhibition_id, rating_id,
                                    interactions)
-        SELECT (event_at AT TIME ZONE 'Europe/London')::date,
-               extract(hour FROM event_at AT TIME ZONE 'Europe/London')::smallint,
+        SELECT london_date(event_at),
+               london_hour(event_at),
                exhibition_id, rating_id, count(*)
         FROM rating_interaction
         GROUP BY 1, 2, 3, 4;
@@ -180,10 +199,8 @@ BEGIN
         DELETE FROM request_rollup;
         INSERT INTO request_rollup (london_date, quarter_hour, exhibition_id, request_id,
                                     interactions)
-        SELECT (event_at AT TIME ZONE 'Europe/London')::date,
-               (extract(hour FROM event_at AT TIME ZONE 'Europe/London') * 4
-                + floor(extract(minute FROM event_at AT TIME ZONE 'Europe/London') / 15)
-               )::smallint,
+        SELECT london_date(event_at),
+               london_quarter_hour(event_at),
                exhibition_id, request_id, count(*)
         FROM request_interaction
         GROUP BY 1, 2, 3, 4;
@@ -214,9 +231,9 @@ LEFT JOIN department AS d USING (department_id);
 CREATE OR REPLACE VIEW rating_detail AS
 SELECT i.rating_interaction_id,
        i.event_at,
-       (i.event_at AT TIME ZONE 'Europe/London') AS london_time,
-       (i.event_at AT TIME ZONE 'Europe/London')::date AS london_date,
-       extract(hour FROM i.event_at AT TIME ZONE 'Europe/London')::smallint AS hour_of_day,
+       london_time(i.event_at) AS london_time,
+       london_date(i.event_at) AS london_date,
+       london_hour(i.event_at) AS hour_of_day,
        e.public_id,
        e.exhibition_name,
        f.floor_name,
@@ -233,9 +250,9 @@ LEFT JOIN rating AS r USING (rating_id);
 CREATE OR REPLACE VIEW request_detail AS
 SELECT i.request_interaction_id,
        i.event_at,
-       (i.event_at AT TIME ZONE 'Europe/London') AS london_time,
-       (i.event_at AT TIME ZONE 'Europe/London')::date AS london_date,
-       extract(hour FROM i.event_at AT TIME ZONE 'Europe/London')::smallint AS hour_of_day,
+       london_time(i.event_at) AS london_time,
+       london_date(i.event_at) AS london_date,
+       london_hour(i.event_at) AS hour_of_day,
        e.public_id,
        e.exhibition_name,
        f.floor_name,

@@ -4,12 +4,14 @@ the facts, whatever writes them (COPY, INSERT, UPDATE, DELETE, TRUNCATE, a late 
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from dashboard import VIEWS_FILE
 from lmnh.config import DatabaseSettings
 from lmnh.database import apply_schema, connect, reset_schema
+from lmnh.museum import LONDON
 from tests.integration.dashboard_support import dashboard_db, query, store
 
 pytestmark = pytest.mark.integration
@@ -220,3 +222,33 @@ def test_reset_empties_the_rollups_and_keeps_the_views(
     assert query(dashboard_db, "SELECT count(*) FROM rating_hourly") == [(0,)]
     store(dashboard_db, SOME_RATINGS, SOME_REQUESTS)
     assert_rollups_add_up(dashboard_db)
+
+
+def test_the_london_buckets_are_the_museum_clock_and_written_once(
+    dashboard_db: DatabaseSettings,
+) -> None:
+    """The triggers, the rebuild and the views bucket time through one set of IMMUTABLE
+    functions, which agree with the Python museum clock on every quarter hour around both of
+    2026's clock changes (01:00 UTC on 29 March and 25 October)."""
+    code = "\n".join(line.split("--")[0] for line in VIEWS_FILE.read_text().splitlines())
+    assert code.count("AT TIME ZONE") == 1
+    functions = ("london_time", "london_date", "london_hour", "london_quarter_hour")
+    volatility = query(
+        dashboard_db,
+        "SELECT proname, provolatile FROM pg_proc WHERE proname = ANY(%s) ORDER BY 1",
+        (list(functions),),
+    )
+    assert volatility == [(name, "i") for name in sorted(functions)]
+    instants = [
+        change + timedelta(minutes=minutes)
+        for change in (datetime(2026, 3, 29, 1, tzinfo=UTC), datetime(2026, 10, 25, 1, tzinfo=UTC))
+        for minutes in range(-150, 151, 5)
+    ]
+    buckets = query(
+        dashboard_db,
+        "SELECT london_date(at), london_hour(at), london_quarter_hour(at)"
+        " FROM unnest(%s::timestamptz[]) WITH ORDINALITY AS t(at, n) ORDER BY n",
+        (instants,),
+    )
+    local = [at.astimezone(LONDON) for at in instants]
+    assert buckets == [(t.date(), t.hour, t.hour * 4 + t.minute // 15) for t in local]
