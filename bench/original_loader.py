@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from datetime import time as clock
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,7 @@ from psycopg2.extensions import cursor as Cursor
 from lmnh.config import DatabaseSettings, KafkaSettings
 from lmnh.database import connect
 from lmnh.kafka_admin import client_config
-
-OPENS = clock(8, 45)
-CLOSES = clock(18, 15)
+from lmnh.museum import CLOSES, OPENS
 
 log = logging.getLogger("bench.original_loader")
 

@@ -28,15 +28,16 @@ from lmnh.cli import load_settings, positive_int, run
 from lmnh.config import DatabaseSettings
 from lmnh.database import apply_schema, connect, create_database
 from lmnh.errors import ConfigError
-from lmnh.museum import LONDON
+from lmnh.museum import CLOSES, LONDON, OPENS
 
 DEFAULT_DATABASE = "lmnh_dashboard_bench"
 REQUEST_SHARE = 0.06  # of all interactions, as in the live feed
 CHUNK_ROWS = 1_000_000
+OPEN_FOR = datetime.combine(date.min, CLOSES) - datetime.combine(date.min, OPENS)
 WARM_UP_REQUESTS = 2  # untimed requests per endpoint that warm caches and connections
 
-# Interactions spread over the opening hours (08:45-18:15 London, 570 minutes) of `days` days
-# ending yesterday; exhibitions and ratings skewed so that the charts have something to show.
+# Interactions spread over the opening hours (on the museum's clock) of `days` days ending
+# yesterday; exhibitions and ratings skewed so that the charts have something to show.
 _GENERATE = """
 WITH exhibitions AS (
     SELECT array_agg(exhibition_id ORDER BY public_id) AS ids FROM exhibition
@@ -47,8 +48,8 @@ INSERT INTO {kind}_interaction
     (exhibition_id, {kind}_id, event_at, kafka_topic, kafka_partition, kafka_offset)
 SELECT exhibitions.ids[1 + pick.exhibition],
        {value},
-       ((%(last_day)s::date - floor(random() * %(days)s)::int) + time '08:45'
-           + random() * interval '570 minutes') AT TIME ZONE 'Europe/London',
+       ((%(last_day)s::date - floor(random() * %(days)s)::int) + %(opens)s::time
+           + random() * %(open_for)s::interval) AT TIME ZONE %(clock)s,
        'bench', pick.g %% 6, pick.g
 FROM (
     SELECT g, least(5, floor(power(random(), 1.4) * 6))::int AS exhibition
@@ -96,6 +97,9 @@ def fill(database: DatabaseSettings, rows: int, days: int) -> None:
                         {
                             "last_day": last_day,
                             "days": days,
+                            "opens": OPENS,
+                            "open_for": OPEN_FOR,
+                            "clock": str(LONDON),
                             "first": chunk,
                             "last": min(end, chunk + CHUNK_ROWS) - 1,
                         },
