@@ -26,7 +26,7 @@ from pathlib import Path
 from dashboard import VIEWS_FILE
 from lmnh.cli import load_settings, positive_int, run
 from lmnh.config import DatabaseSettings
-from lmnh.database import apply_schema, connect, create_database
+from lmnh.database import connect, create_database
 from lmnh.errors import ConfigError
 from lmnh.museum import CLOSES, LONDON, OPENS
 
@@ -72,7 +72,6 @@ def fill(database: DatabaseSettings, rows: int, days: int) -> None:
     """Make the benchmark database hold exactly `rows` generated interactions."""
     conn = connect(database, application_name="lmnh-dashboard-bench")
     try:
-        apply_schema(conn, [VIEWS_FILE])
         with conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT (SELECT count(*) FROM rating_interaction)"
@@ -187,10 +186,9 @@ def copy_cost(admin: DatabaseSettings, rows: int, batch: int, runs: int) -> None
     """How much the rollup triggers slow the pipeline's COPY: `rows` ratings in batches of
     `batch` rows (one transaction each, as the pipeline does), with and without the triggers,
     into a scratch database emptied before every run."""
-    database = create_database(admin, f"{DEFAULT_DATABASE}_copy", schema=False)
+    database = create_database(admin, f"{DEFAULT_DATABASE}_copy", extensions=[VIEWS_FILE])
     conn = connect(database, application_name="lmnh-dashboard-bench")
     try:
-        apply_schema(conn, [VIEWS_FILE])
         with conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT array_agg(exhibition_id), (SELECT array_agg(rating_id) FROM rating)"
@@ -262,7 +260,7 @@ def _measure(args: argparse.Namespace) -> int:
         return 0
     if args.database == settings.database.name:
         raise ConfigError(["--database must not be the pipeline's own database"])
-    database = create_database(settings.database, args.database, schema=False)
+    database = create_database(settings.database, args.database, extensions=[VIEWS_FILE])
     fill(database, args.rows, args.days)
     base_url, _thread = serve_in_background(database)
     print(f"\n{args.repeat} calls each over HTTP, milliseconds")
