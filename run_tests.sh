@@ -9,7 +9,12 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+# Every dependency at the exact version and hash of the lock (see pyproject.toml), then the
+# project itself, editable and without dependencies, so that its console scripts
+# (kafka-pipeline, lmnh-stack, ...) exist and run this checkout.
+pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --require-hashes -r requirements-dev.lock
+"${pip[@]}" --no-deps -e .
 
 # The dashboard's browser test drives Debian's chromium; install it once (as root, with apt).
 if ! command -v chromium >/dev/null 2>&1; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job from a fresh clone: a virtualenv with the pinned requirements, the local stack
+# The main job from a fresh clone: a virtualenv with the locked requirements, the local stack
 # (or the cluster and database that .env names), the schema, 30 days of simulated history in
 # an empty topic, then the pipeline over everything not yet loaded. Safe to re-run: each step
 # skips what is already done, and the pipeline resumes where the database says it stopped.
@@ -13,7 +13,12 @@ step "Python environment (.venv)"
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+# The pipeline's and the dashboard's dependencies at the exact versions and hashes of the
+# lock (see pyproject.toml), then the project itself, editable and without dependencies, so
+# that its console scripts (kafka-pipeline, lmnh-stack, lmnh-dashboard, ...) run this checkout.
+pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --require-hashes -r requirements.lock
+"${pip[@]}" --no-deps -e .
 
 step "Kafka broker and PostgreSQL"
 .venv/bin/python -m stack up
@@ -26,9 +31,6 @@ step "30 days of simulated kiosk history (only into an empty topic)"
 
 step "Pipeline: validate and load every message (invalid ones logged to invalid-messages.log)"
 .venv/bin/python kafka_pipeline.py --from-beginning --logfile invalid-messages.log
-
-step "Dashboard requirements"
-.venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dashboard.txt
 
 cat <<'NEXT'
 

@@ -1,7 +1,7 @@
 """The live dashboards (Exhibitions and Safety), their SQL contract, and the Tableau outputs.
 
-Optional parts: the web app needs requirements-dashboard.txt, the `.hyper` export
-requirements-tableau.txt; the pipeline needs neither.
+Optional parts: the web app needs the `dashboard` extra, the `.hyper` export the `tableau`
+extra; the pipeline needs neither.
 """
 
 from pathlib import Path

@@ -69,8 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ConfigError(
             [
-                f"{error.name} is missing; install the dashboard's requirements:"
-                " .venv/bin/pip install -r requirements-dashboard.txt"
+                f"{error.name} is missing; install the dashboard extra (from the checkout):"
+                " .venv/bin/pip install -e '.[dashboard]'"
             ]
         ) from None
     settings = load_settings(args.env_file)

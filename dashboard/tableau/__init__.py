@@ -1,6 +1,6 @@
 """`python -m dashboard.tableau`: files that Tableau reads, made from the reporting views.
 
-    hyper --out lmnh.hyper   an extract of the views (needs requirements-tableau.txt), read
+    hyper --out lmnh.hyper   an extract of the views (needs the `tableau` extra), read
                              back and checked against PostgreSQL before the command succeeds
     tds --out-dir DIR        one Tableau data source (.tds) per view, live on PostgreSQL
     twb --out-dir DIR        the workbook of both dashboards, live over the .tds connections
@@ -417,8 +417,8 @@ def _write(args: argparse.Namespace) -> int:
         except ImportError:
             raise ConfigError(
                 [
-                    "tableauhyperapi is missing; install the optional extra:"
-                    " .venv/bin/pip install -r requirements-tableau.txt"
+                    "tableauhyperapi is missing; install the optional tableau extra (from the"
+                    " checkout): .venv/bin/pip install -e '.[tableau]'"
                 ]
             ) from None
         started = time.perf_counter()
