@@ -1,4 +1,4 @@
-"""Benchmarks against the local stack: `python -m bench` (see the README's Benchmark section).
+"""Benchmarks against the local stack: `python -m bench` (see docs/benchmark.md).
 
 Nothing here is used by the product; the original design's loader lives here only as the
 baseline to measure against.

@@ -1,4 +1,5 @@
-"""One SQL aggregate per chart, over the reporting views of views.sql (never the raw tables).
+"""One SQL aggregate per chart, over the reporting views of views.sql (and the rating and
+request tables, for their names).
 
 Every function takes an open cursor and the page's `Filters`, and returns JSON-ready rows:
 dates as ISO strings, counts as ints, averages as floats. Categories with nothing to count

@@ -1,7 +1,7 @@
 -- The reporting contract: views that join the facts to their exhibition, floor, department,
--- rating and request, on the museum's clock (Europe/London). The dashboard reads only these
--- views; Tableau, Metabase or Superset can read them too. Their columns are documented in the
--- README and only ever grow.
+-- rating and request, on the museum's clock (Europe/London). The dashboard reads these views
+-- (and the rating and request tables for their names); Tableau, Metabase or Superset can read
+-- them too. Their columns are documented in docs/dashboards.md and only ever grow.
 --
 -- Two rollups keep the dashboard fast at tens of millions of rows: counts per London date,
 -- hour (ratings) or quarter hour (requests), exhibition and value. PostgreSQL maintains them

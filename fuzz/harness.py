@@ -2,6 +2,8 @@
 
 One function, `check`, shared by the fuzzer, the replay of its findings and the tests, so
 that all of them judge an input alike. It does not import atheris: replaying needs no fuzzer.
+Rule numbers are those of docs/validation.md and lmnh/validation.py (1 to 15, in the order the
+validator checks them).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ REFERENCE = Reference(
 # A reason quotes one value of at most 40 characters (an escaped one takes up to 6) or 200 of a
 # parser's error: 400 is a generous bound.
 MAX_DETAIL = 400
-# The rules on time, restated here rather than imported from the validator; the museum's
-# clock and hours are facts, shared by all.
+# Rules 13 to 15 (opening hours, at most 5 s in the future, not before the exhibition opened),
+# restated here rather than imported from the validator; the museum's clock and hours are
+# facts, shared by all.
 _SKEW = timedelta(seconds=5)
 _TABLE = {RatingEvent: 0, RequestEvent: 1, Rejection: 2}
 _COLUMNS = (6, 6, 8)  # per table, as in lmnh.store.COPY_STATEMENTS
@@ -72,8 +75,9 @@ def check(data: bytes) -> Outcome:
 
 
 def check_outcome(outcome: object, given: str = "bytes") -> None:
-    """A rejection's reason is storable as it is; an event's fields are in range. `given`
-    (bytes or text) says which form of the value was validated, to tell findings apart."""
+    """A rejection's reason is storable as it is; an event's fields are in range (rule 9 for a
+    rating's value, rule 11 for a request's, then `_check_when_and_where`). `given` (bytes or
+    text) says which form of the value was validated, to tell findings apart."""
     if isinstance(outcome, Rejection):
         check_detail(outcome, given)
     elif isinstance(outcome, RatingEvent):
@@ -120,6 +124,7 @@ def check_copy_line(data: bytes, outcome: Outcome) -> None:
 
 
 def _check_when_and_where(event: RatingEvent | RequestEvent) -> None:
+    """Rule 8 (a known exhibition), rule 12 (an instant with its offset), then rules 13 to 15."""
     opened = REFERENCE.exhibition_start.get(event.exhibition_public_id)
     if opened is None:
         raise InvariantError("unknown exhibition", event)

@@ -9,7 +9,7 @@ from enum import StrEnum
 
 
 class Reason(StrEnum):
-    """Stable reason codes for rejected messages; the README lists an example of each."""
+    """Stable reason codes for rejected messages; docs/validation.md lists an example of each."""
 
     EMPTY = "empty"
     INVALID_ENCODING = "invalid_encoding"

@@ -1,5 +1,7 @@
--- Least-privilege roles, applied after schema.sql and dashboard/views.sql. Both are group roles
--- (NOLOGIN); give them to login users, for example:
+-- Least-privilege roles, applied last by lmnh.database.apply_schema: after schema.sql and any
+-- extension applied with it (dashboard/views.sql, when `python -m stack schema` applies the
+-- schema), so that the grants cover what they made. Both are group roles (NOLOGIN); give them
+-- to login users, for example:
 --   CREATE ROLE etl LOGIN PASSWORD '...' IN ROLE lmnh_pipeline;
 --   CREATE ROLE wallboard LOGIN PASSWORD '...' IN ROLE lmnh_reader;
 -- lmnh_pipeline may read the reference tables and add facts, rejects and offsets; it can

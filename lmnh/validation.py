@@ -1,8 +1,9 @@
 """Kiosk message bytes -> a typed event or a rejection with a reason. Pure: no I/O, no logging,
 no clock reads (the caller passes `now`), and it never raises, whatever it is given.
 
-The rules are those of the kiosk feed; the choices it leaves open are made here and listed in
-the README's validation table.
+The rules are those of the kiosk feed, numbered 1 to 15 in the order they are checked (the
+first that fails is the reason given); docs/validation.md lists them with that numbering, and
+the choices the feed leaves open, which are made here.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ def validate_message(message: object) -> tuple[bool, str]:
 
 def validate(raw: object, reference: Reference, now: datetime) -> Outcome:
     """Turn one Kafka value (bytes or str) into a rating, a request or a rejection."""
-    parsed = _parse_json(raw)
+    parsed = _parse_json(raw)  # rules 1 to 3
     if isinstance(parsed, Rejection):
         return parsed
+    # Rule 4: an object.
     if not isinstance(parsed, dict):
         return Rejection(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {_json_kind(parsed)}")
 
+    # Rules 5 to 7: `at`, `site` and `val` are present, checked in that order.
     for key, reason in (
         ("at", Reason.MISSING_AT),
         ("site", Reason.MISSING_SITE),
@@ -62,11 +65,13 @@ def validate(raw: object, reference: Reference, now: datetime) -> Outcome:
         if key not in parsed:
             return Rejection(reason, f"the message has no {key!r} key")
 
+    # Rule 8: `site` is exactly the string of a known exhibition.
     site = parsed["site"]
     public_id = reference.sites.get(site) if type(site) is str else None
     if public_id is None:
         return Rejection(Reason.INVALID_SITE, f"site {_show(site)} is not a known exhibition")
 
+    # Rule 9: `val` is the integer -1 (a request) or a known rating value.
     val = parsed["val"]
     # type() rather than isinstance(): a JSON `true` is a bool, and bool is an int subclass.
     if type(val) is not int or (val != REQUEST_MARKER and val not in reference.rating_values):
@@ -76,6 +81,8 @@ def validate(raw: object, reference: Reference, now: datetime) -> Outcome:
             f"{_show_values(reference.rating_values)}",
         )
 
+    # Rules 10 and 11: a request has a `type`, and it is a known request value; a rating's
+    # `type` is absent or null (rule 11 too).
     kind = parsed.get("type")
     if val == REQUEST_MARKER:
         if "type" not in parsed:
@@ -104,20 +111,20 @@ def _judge_time(
     event: type[RatingEvent] | type[RequestEvent],
 ) -> Outcome:
     """Rules 12 to 15: the timestamp itself, opening hours, the future, the exhibition's start."""
-    parsed = _parse_at(raw_at)
+    parsed = _parse_at(raw_at)  # rule 12
     if isinstance(parsed, str):
         return Rejection(Reason.INVALID_AT, f"at {_show(raw_at)} {parsed}")
     at, local = parsed
-    if not OPENS <= local.time() <= CLOSES:
+    if not OPENS <= local.time() <= CLOSES:  # rule 13, on the London wall clock
         return Rejection(
             Reason.OUT_OF_HOURS,
             f"at {_show(raw_at)} is {local.time().isoformat()} in London, outside"
             f" opening hours {OPENS:%H:%M:%S}-{CLOSES:%H:%M:%S}",
         )
-    if at > now + CLOCK_SKEW:
+    if at > now + CLOCK_SKEW:  # rule 14
         return Rejection(Reason.FUTURE_AT, f"at {_show(raw_at)} is in the future")
     opened: date = reference.exhibition_start[public_id]
-    if local.date() < opened:
+    if local.date() < opened:  # rule 15, by the London date
         return Rejection(
             Reason.BEFORE_EXHIBITION_OPENED,
             f"at {_show(raw_at)} is before {public_id} opened on {opened.isoformat()}",
@@ -127,7 +134,8 @@ def _judge_time(
 
 
 def _parse_json(raw: object) -> Any:
-    """Decode strictly (UTF-8, no BOM), then parse one JSON document, or say why not."""
+    """Rules 1 to 3: a value that is not empty, strict UTF-8 (no BOM), one JSON document; or
+    the rejection that says which of them failed."""
     if raw is None:
         return Rejection(Reason.EMPTY, "the message has no value")
     if isinstance(raw, bytes | bytearray | memoryview):
@@ -187,8 +195,8 @@ _DECODER = json.JSONDecoder(
 
 
 def _parse_at(value: Any) -> tuple[datetime, datetime] | str:
-    """The instant an RFC 3339 date-time names, as written and on the museum's clock; or, as
-    the end of a reason's sentence, why `value` names none that can be stored."""
+    """Rule 12: the instant an RFC 3339 date-time names, as written and on the museum's clock;
+    or, as the end of a reason's sentence, why `value` names none that can be stored."""
     if type(value) is not str or _AT_SHAPE.fullmatch(value) is None:
         if type(value) is str and _LEAP_SECOND.fullmatch(value):
             return "is a leap second (second 60), which Python's datetime cannot represent"

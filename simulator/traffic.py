@@ -4,7 +4,7 @@ Pure: no I/O and no clock. The caller passes the seed, the time window and `now`
 reproducible byte for byte. Every message carries the verdict the validator must reach on it
 (`truth`), known by construction because an invalid message has exactly one defect. Where a
 live message is both defective and out of hours, the defect is its truth: the validator checks
-the fields (rules 2-6 of the feed contract) before the clock (rules 7-8).
+the fields (rules 5 to 11 of docs/validation.md) before the time (rules 12 to 15).
 """
 
 from __future__ import annotations

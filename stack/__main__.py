@@ -1,5 +1,6 @@
 """`python -m stack up|down|status [kafka|postgres]`: the local Kafka broker and PostgreSQL;
-`python -m stack schema [--reset]`: apply schema.sql to the configured database.
+`python -m stack schema [--reset]`: apply the pipeline's schema.sql, the dashboard's views.sql
+and roles.sql to the configured database, in one transaction.
 
 Exit codes: 0 success; 3 from `status` when a service is not running; on failure one line
 on stderr that names the fix and the code every program uses (lmnh.cli.exit_code_for: 2
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("status", parents=[common], help="exit 0 if running, 3 if not")
     schema = commands.add_parser(
         "schema",
-        help="apply schema.sql (idempotent, keeps data) to the configured database",
+        help="apply schema.sql, views.sql and roles.sql (idempotent, keeps data)",
     )
     schema.add_argument("--env-file", type=Path, help="read settings from this file")
     schema.add_argument(

@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hyper = commands.add_parser("hyper", help="write and verify a .hyper extract")
     hyper.add_argument("--out", type=Path, default=Path("lmnh.hyper"), help="default lmnh.hyper")
     tds = commands.add_parser("tds", help="write one .tds data source per view")
-    tds.add_argument("--out-dir", type=Path, default=TDS_DIR, help=f"default {TDS_DIR.name}/")
+    tds.add_argument("--out-dir", type=Path, default=TDS_DIR, help="default dashboard/tds/")
     twb = commands.add_parser("twb", help="write the workbook of both dashboards (no database)")
     twb.add_argument(
         "--out-dir", type=Path, default=WORKBOOK_DIR, help="default dashboard/tableau/"

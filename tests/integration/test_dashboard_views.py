@@ -17,7 +17,7 @@ from tests.integration.dashboard_support import dashboard_db, query, store
 pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
 
-# The contract documented in the README: views and their columns, in order. Columns may be
+# The contract documented in docs/dashboards.md: views and their columns, in order. Columns may be
 # added at the end; none may change or go.
 CONTRACT = {
     "exhibition_overview": [

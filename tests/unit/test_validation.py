@@ -386,7 +386,8 @@ def _messages_with_lone_surrogates(draw: st.DrawFn) -> tuple[str, str, set[str]]
         pairs += [(draw(st.text(ANY_CHAR, max_size=3)) + surrogate, 1)] * extra
     pairs = draw(st.permutations(pairs))
     text = "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}"
-    # The rules run in the README's order: duplicates, then site, val, type, at.
+    # The rules run in docs/validation.md's order: duplicates (rule 3), then site (8), val (9),
+    # type (11), at (12).
     first = next(key for key in ("site", "val", "type", "at") if key in spoilt)
     code = "invalid_json" if extra == 2 else f"invalid_{first}"
     return text, code, used
