@@ -2,10 +2,17 @@
 
 The stack is started by `python -m stack up` (CI does it first; this does it too when a
 developer runs pytest alone). Tests never share a topic or a database.
+
+With BOOTSTRAP_SERVERS and/or DB_HOST (and their other settings, as in .env.example) set in
+the environment of the test run, the tests use that Kafka cluster and/or PostgreSQL server
+instead (support.select_services); `stack up` then only checks them. Tests that stop, restart
+or freeze a local service, use its own listeners or its superuser ask for `local_kafka` or
+`local_postgres`, which skip them when that service is external.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,19 +25,60 @@ from dashboard import VIEWS_FILE
 from lmnh.config import DatabaseSettings, Secret, Settings, load_config
 from lmnh.database import create_database, drop_database, execute_outside_transaction
 from stack.topics import delete_topic, ensure_topic
-from tests.integration.support import NO_ENV_FILE, PYTHON, ROOT, Target, clean_env
+from tests.integration.support import (
+    NO_ENV_FILE,
+    PYTHON,
+    ROOT,
+    Services,
+    Target,
+    clean_env,
+    select_services,
+)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str:
+    """Said under "collected N items": which Kafka and PostgreSQL this run uses."""
+    return f"integration tests use: {select_services(os.environ).describe()}"
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    """The local stack's settings, whatever the developer's own .env says."""
+def services() -> Services:
+    """The services of this run, decided once from its environment (never from a .env)."""
+    return select_services(os.environ)
+
+
+@pytest.fixture(scope="session")
+def settings(services: Services) -> Settings:
+    """The settings of this run's services, whatever the developer's own .env says."""
     subprocess.run(
         [PYTHON, "-m", "stack", "up", "--env-file", NO_ENV_FILE],
         cwd=ROOT,
         check=True,
         env=clean_env(),
     )
-    return load_config({})
+    return load_config(services.env)
+
+
+@pytest.fixture
+def local_kafka(services: Services) -> None:
+    """For a test that stops, restarts or freezes the local broker, or uses its own listeners
+    (the SASL one): skipped when the tests use an external cluster."""
+    if not services.local_kafka:
+        pytest.skip(
+            "needs the local Kafka broker of `python -m stack` (it stops or restarts it, or uses"
+            " its own SASL listener); BOOTSTRAP_SERVERS selects an external cluster"
+        )
+
+
+@pytest.fixture
+def local_postgres(services: Services) -> None:
+    """For a test that stops, restarts or freezes the local PostgreSQL server, or needs its
+    superuser (CREATE ROLE): skipped when the tests use an external server."""
+    if not services.local_postgres:
+        pytest.skip(
+            "needs the local PostgreSQL server of `python -m stack` (it stops or freezes it, or"
+            " needs its superuser, e.g. for CREATE ROLE); DB_HOST selects an external server"
+        )
 
 
 @pytest.fixture
@@ -49,8 +97,9 @@ MakeLogin = Callable[[str], DatabaseSettings]
 
 
 @pytest.fixture
-def login(target: Target) -> Iterator[MakeLogin]:
-    """Makes fresh login users holding a given group role; drops them afterwards."""
+def login(local_postgres: None, target: Target) -> Iterator[MakeLogin]:
+    """Makes fresh login users holding a given group role; drops them afterwards (CREATE ROLE:
+    on the local server only)."""
     created: list[str] = []
 
     def make(role: str) -> DatabaseSettings:

@@ -6,16 +6,25 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupState,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from lmnh.config import VARIABLES, Settings
 from lmnh.database import connect
@@ -145,9 +154,63 @@ class Target:
             conn.close()
 
 
+# Each service's settings, by the variable that selects it: the tests use an existing Kafka
+# cluster when BOOTSTRAP_SERVERS is set in their environment, an existing PostgreSQL server when
+# DB_HOST is, and the local stack for the rest. A group's other variables count only with it.
+KAFKA_VARIABLES = (
+    "BOOTSTRAP_SERVERS",
+    "SECURITY_PROTOCOL",
+    "SASL_MECHANISM",
+    "SASL_USERNAME",
+    "SASL_PASSWORD",
+    "SSL_CA_LOCATION",
+)
+DATABASE_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USERNAME", "DB_PASSWORD", "DB_SSLMODE")
+
+
+@dataclass(frozen=True)
+class Services:
+    """The services the tests run against, and the settings that name them."""
+
+    env: Mapping[str, str]  # the project variables every command the tests run is given
+    local_kafka: bool  # the local broker of `python -m stack`, not an external cluster
+    local_postgres: bool  # the local PostgreSQL server of `python -m stack`
+
+    def describe(self) -> str:
+        kafka = (
+            "local Kafka"
+            if self.local_kafka
+            else f"external Kafka at {self.env['BOOTSTRAP_SERVERS']} (BOOTSTRAP_SERVERS)"
+        )
+        postgres = (
+            "local PostgreSQL"
+            if self.local_postgres
+            else f"external PostgreSQL at {self.env['DB_HOST']}:{self.env.get('DB_PORT', 5432)}"
+            " (DB_HOST)"
+        )
+        return f"{kafka}, {postgres}"
+
+
+def select_services(environ: Mapping[str, str]) -> Services:
+    """Which services the tests use, from the environment of the test run alone (a .env file
+    never counts: every command the tests run is given --env-file /dev/null). Other project
+    settings (group id, poll interval, partitions) are the tests' own and never passed on."""
+
+    def chosen(variables: Sequence[str]) -> dict[str, str]:
+        if not environ.get(variables[0], "").strip():
+            return {}
+        return {name: environ[name] for name in variables if name in environ}
+
+    kafka, database = chosen(KAFKA_VARIABLES), chosen(DATABASE_VARIABLES)
+    return Services({**kafka, **database}, local_kafka=not kafka, local_postgres=not database)
+
+
 def clean_env() -> dict[str, str]:
-    """The process environment minus every project setting, so the local defaults apply."""
-    return {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    """The process environment for the commands the tests run: every project setting taken
+    out, then the settings of the external services it selects (select_services) put back,
+    so the local stack's defaults apply to everything else."""
+    outside = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    return {**outside, **select_services(os.environ).env}
 
 
 def run(
@@ -219,7 +282,8 @@ def replayed(summary: str) -> int:
 
 
 def stack(*args: str) -> tuple[int, str]:
-    """Run `python -m stack ...` on the local defaults."""
+    """Run `python -m stack ...` on the tests' services (the local stack unless the
+    environment selects an external service; `down` stops only local ones)."""
     result = run([PYTHON, "-m", "stack", *args, "--env-file", NO_ENV_FILE], clean_env())
     return result.returncode, result.stdout + result.stderr
 
@@ -275,3 +339,103 @@ def high_watermarks(target: Target, partitions: int) -> dict[int, int]:
     finally:
         consumer.close()
     return {p: high for p, high in marks.items() if high > 0}
+
+
+# --- waiting for what the tests can observe --------------------------------------------------
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05
+) -> None:
+    """Poll `predicate` until it holds; fail saying what never happened after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"waited {timeout_s:g} s in vain until {what}"
+        time.sleep(interval_s)
+
+
+def wait_mid_run(target: Target, total: int, timeout_s: float = 60) -> int:
+    """Wait until the pipeline has stored a first batch of the `total` messages sent, and check
+    that it has not stored them all: a fault injected now hits work in flight. Returns how many
+    messages the database holds."""
+    wait_until(lambda: target.loaded() > 0, timeout_s, "the pipeline stored a first batch")
+    loaded = target.loaded()
+    assert loaded < total, (
+        f"all {total} messages were loaded before the fault: the fault would hit an idle"
+        " pipeline; send more messages or use smaller batches"
+    )
+    return loaded
+
+
+def copy_waits_on_a_lock(target: Target) -> bool:
+    """Whether a pipeline's statement on the target's database waits on a lock right now."""
+    rows = target.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+        " AND application_name = 'lmnh-pipeline' AND wait_event_type = 'Lock'",
+        (target.topic,),
+    )
+    return bool(rows[0][0])
+
+
+def group_assignments(target: Target, group: str, admin: AdminClient) -> list[set[int]]:
+    """The partitions of the target's topic each member of consumer group `group` owns, by the
+    broker's account; [] unless the group is stable (not rebalancing) with members."""
+    [future] = admin.describe_consumer_groups([group], request_timeout=10).values()
+    description = future.result()
+    if description.state != ConsumerGroupState.STABLE:
+        return []
+    return [
+        {tp.partition for tp in member.assignment.topic_partitions if tp.topic == target.topic}
+        for member in description.members
+    ]
+
+
+def wait_for_members(target: Target, group: str, members: int, timeout_s: float = 60) -> None:
+    """Wait until `group` is stable with exactly `members` members, each owning partitions of
+    the target's topic, all of them together."""
+    partitions = set(range(target.settings.topic_partitions))
+    admin = AdminClient(client_config(target.settings.kafka))
+
+    def shared() -> bool:
+        owned = group_assignments(target, group, admin)
+        return len(owned) == members and all(owned) and set().union(*owned) == partitions
+
+    wait_until(shared, timeout_s, f"{members} members of {group} share the topic's partitions", 0.2)
+
+
+def start_live_simulator(
+    target: Target, output: Path, rate: int, seed: int
+) -> subprocess.Popen[str]:
+    """Live kiosk traffic, `rate` messages a second, into the target's topic until
+    `stop_simulator`: a load that lasts as long as a test needs, whatever the machine's speed."""
+    with output.open("a") as sink:
+        return subprocess.Popen(
+            [
+                PYTHON,
+                "kiosk_simulator.py",
+                "--topic",
+                target.topic,
+                "--env-file",
+                NO_ENV_FILE,
+                "--rate",
+                str(rate),
+                "--seed",
+                str(seed),
+            ],
+            cwd=ROOT,
+            env=dict(target.env),
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+        )
+
+
+def stop_simulator(simulator: subprocess.Popen[str], output: Path) -> dict[str, Any]:
+    """Stop a live simulator (SIGINT: it waits for the broker's acks) and return its report of
+    exactly what the broker acknowledged. Fails if it had stopped by itself."""
+    assert simulator.poll() is None, f"the simulator stopped early: {output.read_text()[-2000:]}"
+    simulator.send_signal(signal.SIGINT)
+    stdout, _ = simulator.communicate(timeout=60)
+    assert simulator.returncode == 0, output.read_text()[-2000:]
+    report: dict[str, Any] = json.loads(stdout)
+    return report

@@ -1,12 +1,14 @@
 """Both dashboard pages in a real browser (Debian's chromium, headless, driven by Playwright)
 against a running `python -m dashboard`: every chart renders, filters change the URL and the
 charts, the empty and error states say what is going on, and nothing is logged as an error.
-The run also saves the screenshots that the README shows (dashboard/*.png)."""
+The run also takes full-page screenshots of both pages and checks them, into a temporary folder;
+`--screenshots-to dashboard` saves them as the README's pictures (dashboard/*.png) instead."""
 
 from __future__ import annotations
 
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -27,7 +29,10 @@ pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "dashboard"
+WIDTH, HEIGHT = 1280, 800  # the browser's window, in CSS pixels
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The README's pictures are about 230 KB each; a blank or half-drawn page is a fraction of that.
+MIN_SCREENSHOT_BYTES = 50_000
 # Flags that keep a headless chromium quiet and self-contained: no GPU, no phoning home.
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -53,7 +58,7 @@ if not Path(CHROMIUM).exists():
         " it with apt-get when run as root)",
         allow_module_level=True,
     )
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (requirements-dev.txt)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra)")
 
 
 @contextmanager
@@ -109,12 +114,35 @@ def browser() -> Iterator[sync_api.Browser]:
             executable_path=CHROMIUM,
             headless=True,
             args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 800},
+            viewport={"width": WIDTH, "height": HEIGHT},
         )
         try:
             yield context  # type: ignore[misc]
         finally:
             context.close()
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where the screenshots go: the test's temporary folder, or --screenshots-to DIR (relative
+    to where pytest was started), which refreshes the README's pictures."""
+    chosen: Path | None = request.config.getoption("--screenshots-to")
+    if chosen is None:
+        return tmp_path
+    folder = request.config.invocation_params.dir / chosen
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def screenshot(page: sync_api.Page, path: Path) -> None:
+    """Save a full-page screenshot and check that it is a PNG of the whole page, drawn."""
+    page.screenshot(path=path, full_page=True)
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk comes first
+    assert width == WIDTH, f"{path} is {width} px wide"
+    assert height >= HEIGHT, f"{path} is {height} px high: not the full page"
+    assert len(data) >= MIN_SCREENSHOT_BYTES, f"{path} is {len(data)} bytes: a blank page?"
 
 
 class Problems:
@@ -150,7 +178,9 @@ def assert_all_rendered(page: sync_api.Page, charts: list[str]) -> None:
             assert marks.count() > 0, f"{chart} drew no marks"
 
 
-def test_both_pages_render_and_filter(server: str, browser: sync_api.Browser) -> None:
+def test_both_pages_render_and_filter(
+    server: str, browser: sync_api.Browser, screenshots: Path
+) -> None:
     page = browser.new_page()
     problems = Problems(page)
 
@@ -159,7 +189,7 @@ def test_both_pages_render_and_filter(server: str, browser: sync_api.Browser) ->
     assert_all_rendered(page, EXHIBITIONS_CHARTS)
     assert page.locator("#banner").is_hidden(), "fresh data must not be called stale"
     assert "Updated" in page.locator("#status").inner_text()
-    page.screenshot(path=SCREENSHOTS / "exhibitions.png", full_page=True)
+    screenshot(page, screenshots / "exhibitions.png")
 
     # A filter goes into the URL and narrows every chart: the Vault holds one exhibition.
     page.locator("label.chip", has_text="Vault").click()
@@ -179,7 +209,7 @@ def test_both_pages_render_and_filter(server: str, browser: sync_api.Browser) ->
     page.goto(f"{server}/safety")
     cycle = wait_for_cycle(page)
     assert_all_rendered(page, SAFETY_CHARTS)
-    page.screenshot(path=SCREENSHOTS / "safety.png", full_page=True)
+    screenshot(page, screenshots / "safety.png")
 
     page.select_option('select[name="request"]', "emergency")
     cycle = wait_for_cycle(page, cycle)

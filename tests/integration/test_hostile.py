@@ -1,6 +1,7 @@
 """Hostile input at volume: fuzzed bytes, mutations of valid messages, oversized payloads,
 deep nesting, huge numbers, bad encodings and SQL, mixed into a valid stream. Nothing may
-crash, every message must land where the validator says, and throughput must hold."""
+crash, and every message must land where the validator says, once. (Throughput is the
+benchmark's business: `python -m bench`.)"""
 
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ from lmnh.kafka_admin import client_config
 from lmnh.museum import KIOSK_REFERENCE, LONDON
 from lmnh.validation import validate
 from simulator.traffic import TrafficMix, backfill
-from stack.topics import delete_topic, ensure_topic
 from tests.integration.support import Target, consumed
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 VALID = b'{"at": "2026-11-20T12:29:17.958630+00:00", "site": "5", "val": 3}'
 SQL = [
@@ -135,10 +135,16 @@ def read_back(target: Target, topic: str, expected: int) -> dict[tuple[int, int]
     return values
 
 
-def test_hostile_input_at_volume_is_rejected_with_reasons_and_throughput_holds(
-    target: Target, full: bool
+@pytest.mark.parametrize(
+    "count",
+    [
+        pytest.param(50_000, id="50k-hostile"),
+        pytest.param(300_000, id="300k-hostile", marks=pytest.mark.slow),
+    ],
+)
+def test_hostile_input_at_volume_is_rejected_with_reasons_and_nothing_lost_or_doubled(
+    target: Target, count: int
 ) -> None:
-    count = 300_000 if full else 100_000
     rng = random.Random(32)
     hostile_values = [hostile(rng) for _ in range(count - count // 10 - 40)]
     hostile_values += simulated_invalid(count // 10)
@@ -155,17 +161,10 @@ def test_hostile_input_at_volume_is_rejected_with_reasons_and_throughput_holds(
     mixed = clean + hostile_values
     rng.shuffle(mixed)
 
-    target.produce(clean)
-    clean_run = target.pipeline("--limit", str(len(clean)))
-    mixed_topic = f"{target.topic}-mixed"
-    ensure_topic(target.settings.kafka, mixed_topic, target.settings.topic_partitions)
-    try:
-        target.produce(mixed, topic=mixed_topic)
-        mixed_run = target.pipeline("--topic", mixed_topic, "--limit", str(len(mixed)))
-        sent = read_back(target, mixed_topic, len(mixed))
-    finally:
-        delete_topic(target.settings.kafka, mixed_topic)
-    assert consumed(clean_run.stdout) == len(clean)
+    target.produce(mixed)
+    mixed_run = target.pipeline("--limit", str(len(mixed)))
+    sent = read_back(target, target.topic, len(mixed))
+    assert len(sent) == len(mixed), "the broker did not give back every message sent"
     assert consumed(mixed_run.stdout) == len(mixed)
 
     # Every message of the mixed stream is where the validator, run here, says it belongs.
@@ -181,15 +180,16 @@ def test_hostile_input_at_volume_is_rejected_with_reasons_and_throughput_holds(
     rows = target.query(
         "SELECT kafka_partition, kafka_offset, raw, reason_code FROM rejected_message"
         " WHERE kafka_topic = %s",
-        (mixed_topic,),
+        (target.topic,),
     )
     stored_rejections = {(p, o): (bytes(raw), code) for p, o, raw, code in rows}
+    assert len(rows) == len(stored_rejections), "a message was rejected twice"
     assert stored_rejections == expected_rejections
     facts = target.query(
         "SELECT kafka_partition, kafka_offset FROM rating_interaction WHERE kafka_topic = %s"
         " UNION ALL SELECT kafka_partition, kafka_offset FROM request_interaction"
         " WHERE kafka_topic = %s",
-        (mixed_topic, mixed_topic),
+        (target.topic, target.topic),
     )
     assert sorted(facts) == sorted(expected_facts)
     assert len(expected_rejections) >= len(hostile_values) * 0.97  # a mutation may stay valid
@@ -197,11 +197,3 @@ def test_hostile_input_at_volume_is_rejected_with_reasons_and_throughput_holds(
     # The schema is intact after the SQL-looking payloads: stored verbatim, never executed.
     assert target.query("SELECT count(*) FROM exhibition") == [(6,)]
     assert {raw for raw, _ in stored_rejections.values()} >= set(SQL)
-
-    clean_rate = _rate(clean_run.stdout)
-    mixed_rate = _rate(mixed_run.stdout)
-    assert mixed_rate >= clean_rate / 2, f"clean {clean_rate:.0f} msg/s, mixed {mixed_rate:.0f}"
-
-
-def _rate(summary: str) -> float:
-    return float(summary.rsplit(" msg/s", 1)[0].rsplit(" ", 1)[1])

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 
 from tests.integration.support import (
-    ROOT,
     Target,
     assert_exactly_once,
     consumed,
     replayed,
     stored_coordinates,
+    wait_for_members,
+    wait_mid_run,
 )
 
 pytestmark = pytest.mark.integration
@@ -28,26 +29,26 @@ def test_seeded_run_matches_the_simulator_report_exactly(target: Target) -> None
     assert_exactly_once(target, report)
 
 
-def test_two_processes_in_one_group_store_each_message_once(target: Target) -> None:
-    command = target.pipeline_command("--group-id", f"{target.topic}-group", "--idle-timeout", "8")
-    processes = [
-        subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=dict(target.env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    time.sleep(5)  # both have joined the group and share the six partitions
-    report = target.history(30_000, seed=3)
-    outputs = [process.communicate(timeout=120) for process in processes]
-    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr[-2000:]
-        assert consumed(stdout) > 0, "one process got no partition"
-    assert sum(consumed(stdout) - replayed(stdout) for stdout, _ in outputs) == report["sent"]
+def test_two_processes_in_one_group_store_each_message_once(target: Target, tmp_path: Path) -> None:
+    group = f"{target.topic}-group"
+    logs = [tmp_path / f"member{n}.log" for n in range(2)]
+    processes = [target.start_pipeline(log, "--follow", "--group-id", group) for log in logs]
+    try:
+        # The broker's account: both have joined the group and share the six partitions.
+        wait_for_members(target, group, 2)
+        report = target.history(30_000, seed=3)
+        target.wait_until_loaded(report["sent"])
+        codes = [stop(process) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    summaries = [summary(log) for log in logs]
+    for code, log, said in zip(codes, logs, summaries, strict=True):
+        assert code == 0, log.read_text()[-2000:]
+        assert consumed(said) > 0, "one process got no partition"
+    assert sum(consumed(said) - replayed(said) for said in summaries) == report["sent"]
     assert_exactly_once(target, report)
 
 
@@ -68,27 +69,37 @@ def test_limit_stops_after_exactly_n_and_the_next_run_continues(target: Target) 
     assert_exactly_once(target, report)
 
 
-def test_sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly(target: Target) -> None:
+def test_sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly(
+    target: Target, tmp_path: Path
+) -> None:
     report = target.history(60_000, seed=6)
     group = f"{target.topic}-group"
-    process = subprocess.Popen(
-        target.pipeline_command("--follow", "--group-id", group, "--batch-size", "500"),
-        cwd=ROOT,
-        env=dict(target.env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while target.loaded() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr[-2000:]
+    log = tmp_path / "pipeline.log"
+    process = target.start_pipeline(log, "--follow", "--group-id", group, "--batch-size", "500")
+    try:
+        wait_mid_run(target, report["sent"])
+        assert stop(process, timeout_s=30) == 0, log.read_text()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     stored = target.loaded()
     assert 0 < stored < report["sent"], "the stop did not land mid-run"
-    assert consumed(stdout) == stored == len(stored_coordinates(target))
+    assert consumed(summary(log)) == stored == len(stored_coordinates(target))
     # What is stored is exactly what the group committed to Kafka.
     assert target.committed_offsets(group) == target.database_offsets()
     target.pipeline("--group-id", group)
     assert_exactly_once(target, report)
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
+    """SIGTERM: the pipeline finishes the batch in hand and exits; its exit code."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=timeout_s)
+
+
+def summary(log: Path) -> str:
+    """The pipeline's closing summary line (on stdout, merged into its log)."""
+    lines = [line for line in log.read_text().splitlines() if line.startswith("consumed ")]
+    assert lines, log.read_text()[-2000:]
+    return lines[-1]

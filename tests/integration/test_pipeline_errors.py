@@ -36,6 +36,7 @@ def test_unreachable_broker(target: Target) -> None:
     assert "unreachable" in failure
 
 
+@pytest.mark.usefixtures("local_kafka")
 def test_wrong_sasl_password_is_an_authentication_error_that_never_shows_the_password(
     target: Target,
 ) -> None:
@@ -52,6 +53,7 @@ def test_wrong_sasl_password_is_an_authentication_error_that_never_shows_the_pas
     assert WRONG_PASSWORD not in failure
 
 
+@pytest.mark.usefixtures("local_kafka")
 def test_the_right_sasl_password_loads_everything(target: Target) -> None:
     report = target.simulate(
         "--count", "500", "--seed", "5", "--backfill", "3", "--until", HISTORY_UNTIL

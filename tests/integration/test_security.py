@@ -65,6 +65,7 @@ def test_the_reader_role_only_reads(target: Target, login: MakeLogin) -> None:
     assert denied(reader, "DELETE FROM rejected_message")
 
 
+@pytest.mark.usefixtures("local_kafka")  # the local broker's SASL listener
 def test_no_configured_secret_appears_in_any_output(target: Target) -> None:
     db_password = target.settings.database.password.reveal()
     env = {

@@ -24,7 +24,13 @@ from lmnh.errors import ExitCode, FatalError
 from lmnh.events import KafkaMessage
 from lmnh.pipeline import Pipeline, RunOptions
 from lmnh.store import Store
-from tests.integration.support import Target, assert_exactly_once
+from tests.integration.support import (
+    Target,
+    assert_exactly_once,
+    copy_waits_on_a_lock,
+    wait_mid_run,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,28 +38,16 @@ SECOND_SIGNAL_EXIT_S = 5.0  # "within a few seconds", as the README says
 VALID = b'{"at": "2026-11-20T12:29:17.958630+00:00", "site": "5", "val": 3}'
 
 
-def wait_for(condition: str, check: Callable[[], bool], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {condition}"
-        time.sleep(0.05)
-
-
-def copy_waits_on_a_lock(target: Target) -> bool:
-    rows = target.query(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-        " AND application_name = 'lmnh-pipeline' AND wait_event_type = 'Lock'",
-        (target.topic,),
-    )
-    return bool(rows[0][0])
-
-
-def exit_time_after_second_signal(process: subprocess.Popen[bytes]) -> tuple[int, float]:
-    """Send a first signal, check it leaves the process running (its batch in hand cannot
-    finish), then a second; how it exited and how long after the second signal."""
+def exit_time_after_second_signal(
+    process: subprocess.Popen[bytes], still_blocked: Callable[[], bool] = lambda: True
+) -> tuple[int, float]:
+    """Send a first signal, check it leaves the process running for 2 s (its batch in hand
+    cannot finish) and, by `still_blocked`, the batch still blocked, then a second; how it
+    exited and how long after the second signal."""
     process.send_signal(signal.SIGINT)
     with pytest.raises(subprocess.TimeoutExpired):
-        process.wait(timeout=2)
+        process.wait(timeout=2)  # the first signal's grace observed: 2 s without an exit
+    assert still_blocked(), "the batch in hand was no longer blocked at the second signal"
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=60)
@@ -70,8 +64,10 @@ def test_a_second_signal_ends_a_copy_blocked_on_a_lock(target: Target, tmp_path:
         with locker.cursor() as cur:
             cur.execute("LOCK TABLE rating_interaction IN ACCESS EXCLUSIVE MODE")
         process = target.start_pipeline(log, "--follow", "--batch-size", "500")
-        wait_for("the pipeline's COPY waits on the lock", lambda: copy_waits_on_a_lock(target))
-        code, seconds = exit_time_after_second_signal(process)
+        wait_until(
+            lambda: copy_waits_on_a_lock(target), 60, "the pipeline's COPY waits on the lock"
+        )
+        code, seconds = exit_time_after_second_signal(process, lambda: copy_waits_on_a_lock(target))
     finally:
         locker.rollback()
         locker.close()
@@ -116,19 +112,21 @@ def _signal_all(pids: list[int], signum: signal.Signals) -> None:
             os.kill(pid, signum)
 
 
+@pytest.mark.usefixtures("local_postgres")
 def test_a_second_signal_ends_the_process_when_the_database_does_not_answer(
     target: Target, tmp_path: Path
 ) -> None:
     report = target.history(40_000, seed=32)
     log = tmp_path / "pipeline.log"
     process = target.start_pipeline(log, "--follow", "--batch-size", "500")
-    wait_for("the pipeline has stored a batch", lambda: target.loaded() > 0)
+    wait_mid_run(target, report["sent"])
     with frozen_database(target):
         code, seconds = exit_time_after_second_signal(process)
     output = log.read_text()
     assert code == ExitCode.INTERRUPTED, output[-3000:]
     assert seconds < SECOND_SIGNAL_EXIT_S, f"{seconds:.1f} s after the second signal"
-    assert target.loaded() < report["sent"], "the freeze did not land mid-run"
+    # Nothing is stored while frozen, nor after the exit: this is where the freeze came.
+    assert 0 < target.loaded() < report["sent"], "the freeze did not land mid-run"
     target.pipeline()
     assert_exactly_once(target, report)
 

@@ -1,4 +1,6 @@
-"""The local stack's promises: `up` is idempotent, and `down` then `up` keeps the data."""
+"""The local stack's promises: `up` is idempotent, and `down` then `up` keeps the data. Both
+services must be the local ones (they are stopped): skipped when the environment names an
+external one."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from lmnh.errors import ExitCode
 from stack.topics import topic_message_count
 from tests.integration.support import Target, stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_kafka", "local_postgres")]
 
 
 def test_up_twice_is_fine_and_says_so() -> None:

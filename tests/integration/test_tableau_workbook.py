@@ -50,8 +50,9 @@ def workbook(name: str = LIVE_FILE) -> ET.Element:
 
 
 @pytest.fixture
-def reader(dashboard_db: DatabaseSettings) -> Iterator[DatabaseSettings]:
-    """A login of the read-only group role lmnh_reader, as Tableau's user would have."""
+def reader(local_postgres: None, dashboard_db: DatabaseSettings) -> Iterator[DatabaseSettings]:
+    """A login of the read-only group role lmnh_reader, as Tableau's user would have (CREATE
+    ROLE: on the local server only)."""
     name = f"tableau_{uuid.uuid4().hex[:10]}"
     password = uuid.uuid4().hex
     execute_outside_transaction(
@@ -120,7 +121,7 @@ def test_a_field_missing_from_the_view_fails(reader: DatabaseSettings) -> None:
 def test_the_extract_variant_reads_the_tables_of_the_hyper_command(
     dashboard_db: DatabaseSettings, tmp_path: Path
 ) -> None:
-    pytest.importorskip("tableauhyperapi", reason="the optional requirements-tableau.txt")
+    pytest.importorskip("tableauhyperapi", reason="the optional tableau extra")
     from tableauhyperapi import Connection, HyperProcess, Telemetry
 
     store(dashboard_db, RATINGS, REQUESTS)
