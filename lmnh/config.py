@@ -28,24 +28,24 @@ LOCAL_DB_NAME = "lmnh"
 LOCAL_DB_USERNAME = "lmnh"
 LOCAL_DB_PASSWORD = "lmnh-local"  # noqa: S105 - the local server's documented password
 
-# Every variable load_config reads (documented in .env.example).
+# Every variable load_config reads (documented in .env.example): where the Kafka cluster and
+# the database are and how to log in, then the pipeline's own tuning.
+KAFKA_VARIABLES = (
+    "BOOTSTRAP_SERVERS",
+    "SECURITY_PROTOCOL",
+    "SASL_MECHANISM",
+    "SASL_USERNAME",
+    "SASL_PASSWORD",
+    "SSL_CA_LOCATION",
+)
+DATABASE_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USERNAME", "DB_PASSWORD", "DB_SSLMODE")
 VARIABLES = frozenset(
     {
-        "BOOTSTRAP_SERVERS",
-        "SECURITY_PROTOCOL",
-        "SASL_MECHANISM",
-        "SASL_USERNAME",
-        "SASL_PASSWORD",
-        "SSL_CA_LOCATION",
+        *KAFKA_VARIABLES,
+        *DATABASE_VARIABLES,
         "KAFKA_GROUP_ID",
         "KAFKA_MAX_POLL_INTERVAL_MS",
         "KAFKA_PARTITIONS",
-        "DB_HOST",
-        "DB_PORT",
-        "DB_NAME",
-        "DB_USERNAME",
-        "DB_PASSWORD",
-        "DB_SSLMODE",
     }
 )
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -26,7 +26,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from lmnh.config import VARIABLES, Settings
+from lmnh.config import DATABASE_VARIABLES, KAFKA_VARIABLES, VARIABLES, Settings
 from lmnh.database import connect
 from lmnh.kafka_admin import client_config
 from simulator.producer import AckedProducer
@@ -154,20 +154,6 @@ class Target:
             conn.close()
 
 
-# Each service's settings, by the variable that selects it: the tests use an existing Kafka
-# cluster when BOOTSTRAP_SERVERS is set in their environment, an existing PostgreSQL server when
-# DB_HOST is, and the local stack for the rest. A group's other variables count only with it.
-KAFKA_VARIABLES = (
-    "BOOTSTRAP_SERVERS",
-    "SECURITY_PROTOCOL",
-    "SASL_MECHANISM",
-    "SASL_USERNAME",
-    "SASL_PASSWORD",
-    "SSL_CA_LOCATION",
-)
-DATABASE_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USERNAME", "DB_PASSWORD", "DB_SSLMODE")
-
-
 @dataclass(frozen=True)
 class Services:
     """The services the tests run against, and the settings that name them."""
@@ -193,7 +179,9 @@ class Services:
 
 def select_services(environ: Mapping[str, str]) -> Services:
     """Which services the tests use, from the environment of the test run alone (a .env file
-    never counts: every command the tests run is given --env-file /dev/null). Other project
+    never counts: every command the tests run is given --env-file /dev/null): an existing Kafka
+    cluster when BOOTSTRAP_SERVERS is set, an existing PostgreSQL server when DB_HOST is, each
+    with the rest of its group's variables; the local stack for the rest. Other project
     settings (group id, poll interval, partitions) are the tests' own and never passed on."""
 
     def chosen(variables: Sequence[str]) -> dict[str, str]:

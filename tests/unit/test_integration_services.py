@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lmnh.config import VARIABLES, load_config
-from tests.integration.support import DATABASE_VARIABLES, KAFKA_VARIABLES, select_services
+from lmnh.config import DATABASE_VARIABLES, KAFKA_VARIABLES, VARIABLES, load_config
+from tests.integration.support import select_services
 
 HOSTED_KAFKA = {
     "BOOTSTRAP_SERVERS": "pkc-1.example.net:9092",
