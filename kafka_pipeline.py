@@ -20,6 +20,7 @@ from lmnh.cli import load_settings, positive_int, run, stop_on_signals
 from lmnh.errors import ExitCode
 from lmnh.events import KafkaMessage, Rejection, storable_text
 from lmnh.kafka_source import KafkaSource
+from lmnh.metrics import MetricsServer, PipelineMetrics
 from lmnh.pipeline import Pipeline, RunOptions
 from lmnh.store import Store
 from lmnh.validation import validate_message
@@ -27,6 +28,10 @@ from lmnh.validation import validate_message
 __all__ = ["main", "validate_message"]
 
 DEFAULT_LIMIT = 100_000
+# Loopback: the endpoint has no authentication and tells about the feed; a Prometheus or a probe
+# elsewhere is let in on purpose, with --metrics-host.
+DEFAULT_METRICS_HOST = "127.0.0.1"
+_MAX_PORT = 65535
 _RAW_SHOWN_BYTES = 200
 
 log = logging.getLogger("lmnh")
@@ -88,6 +93,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="how long to wait for the broker and the database at start (default: 15)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics and the pipeline's health on"
+        " /health (200 healthy, 503 not: JSON says why); default: no metrics server",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        help=f"address the metrics server listens on (default {DEFAULT_METRICS_HOST}: this"
+        " machine only; 0.0.0.0 to let a Prometheus elsewhere scrape it)",
+    )
+    parser.add_argument(
+        "--health-stall-seconds",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="/health reports the pipeline stalled once messages wait to be stored and nothing"
+        " was committed for this long (default: 60)",
+    )
     parser.add_argument("--env-file", type=Path, help="read settings from this file, not .env")
     return parser.parse_args(argv)
 
@@ -113,8 +139,13 @@ def _load(args: argparse.Namespace) -> int:
         batch_timeout_s=args.batch_timeout_ms / 1000,
         idle_timeout_s=None if args.follow else args.idle_timeout,
     )
+    metrics = PipelineMetrics()
+    # Listening first: a port already taken is a usage error, said before connecting anywhere.
+    server = (
+        MetricsServer(metrics, args.metrics_host, args.metrics_port) if args.metrics_port else None
+    )
     store = Store(settings.database)
-    pipeline = Pipeline(store, options, _log_rejected, stop)
+    pipeline = Pipeline(store, options, _log_rejected, stop, metrics)
     source: KafkaSource | None = None
     try:
         store.check(args.startup_timeout)
@@ -127,14 +158,38 @@ def _load(args: argparse.Namespace) -> int:
             before_revoke=pipeline.drain,
         )
         source.check(args.startup_timeout)
+        metrics.watch(
+            source.group_state, pipeline.load_state, args.topic, args.health_stall_seconds
+        )
         source.subscribe()
         stats = pipeline.run(source)
     finally:
+        if server is not None:
+            server.stop()
         if source is not None:
             source.close()
         store.close()
     print(stats.summary())
     return ExitCode.OK
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port number."""
+    port = positive_int(text)
+    if port > _MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (1 to {_MAX_PORT})")
+    return port
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a duration above zero, in seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
 
 
 def _configure_logging(logfile: Path | None) -> None:

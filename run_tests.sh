@@ -15,15 +15,32 @@ fi
 pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --require-hashes -r requirements-dev.lock
 "${pip[@]}" --no-deps -e .
+# The AWS template's checkers (cfn-lint, checkov, shellcheck) in a virtualenv of their own, from
+# their own hashed lock: checkov's hundred dependencies stay out of .venv
+# (deploy/aws/checks-requirements.in says why). tests/deploy/test_cloudformation.py uses it.
+if [ ! -x .venv-deploy-checks/bin/python ]; then
+  "$python" -m venv .venv-deploy-checks
+fi
+.venv-deploy-checks/bin/pip install --quiet --disable-pip-version-check \
+  --require-hashes -r deploy/aws/checks.lock
 
-# The dashboard's browser test drives Debian's chromium; install it once (as root, with apt).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages some tests need, installed once (as root, with apt): chromium for the
+# dashboard's browser test; podman, mmdebstrap and runc for the image and systemd tests
+# (tests/deploy/); prometheus (with promtool) for the alert rules' and the metrics' tests
+# (tests/deploy/test_prometheus.py). Without them those tests are skipped, saying why.
+apt_missing=()
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+for tool in podman mmdebstrap runc; do
+  command -v "$tool" >/dev/null 2>&1 || apt_missing+=("$tool")
+done
+command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
+if [ ${#apt_missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "run_tests.sh: installing Debian's chromium for the dashboard's browser test"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-      || echo "run_tests.sh: chromium could not be installed; the browser test will be skipped"
+    echo "run_tests.sh: installing Debian's ${apt_missing[*]} for the browser, image, systemd and metrics tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null \
+      || echo "run_tests.sh: ${apt_missing[*]} could not be installed; the tests that need them will be skipped"
   else
-    echo "run_tests.sh: chromium is missing and needs root to install; the browser test will be skipped"
+    echo "run_tests.sh: ${apt_missing[*]} missing, and installing needs root; the tests that need them will be skipped"
   fi
 fi
 

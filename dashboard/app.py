@@ -4,7 +4,8 @@ chart, each answered by a server-side SQL aggregate over the reporting views."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from psycopg2.extensions import cursor as Cursor
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match, Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboard import queries
 from dashboard.api_schema import ChartBody, ErrorBody, MetaBody
@@ -23,6 +26,7 @@ from dashboard.filters import RULES, FilterError, Filters, openapi_parameters, p
 from dashboard.pool import ConnectionPool, ValueRefused
 from lmnh.config import DatabaseSettings
 from lmnh.errors import FatalError, TransientError
+from lmnh.metrics import RequestMetrics
 from lmnh.museum import LONDON
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -64,6 +68,7 @@ def create_app(
     URL says otherwise, and call the data stale once the newest interaction is older than
     `stale_minutes`."""
     pool = ConnectionPool(database, size=pool_size)
+    metrics = RequestMetrics("lmnh_dashboard")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -85,6 +90,8 @@ def create_app(
     )
     # The charting library is about 0.8 MB; compressed it loads fast on a wall screen's Wi-Fi.
     app.add_middleware(GZipMiddleware, minimum_size=1024)
+    # Outermost, so that it times the whole answer, compression included.
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, routes=app.routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -142,6 +149,11 @@ def create_app(
         body = {"chart": name, "filters": filters.as_query(), "bucket": filters.bucket}
         return JSONResponse({**body, "rows": rows}, headers=NO_STORE)
 
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, headers={**NO_STORE, "Content-Type": content_type})
+
     @app.get("/healthz", include_in_schema=False)
     def health() -> Response:
         with pool.cursor() as cur:
@@ -174,6 +186,55 @@ def create_app(
         return _error(503, str(error))
 
     return app
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every HTTP request by the template of the route that takes it
+    (/api/charts/{name}, /static/{path}: never the path asked for, nor its query), "unmatched"
+    when none does."""
+
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics, routes: Sequence[BaseRoute]) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._routes = routes  # the app's own list: routes added later are in it too
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        route = _route_template(self._routes, scope)  # before routing rewrites the scope
+        status = 500  # unless the app starts an answer: an exception becomes a 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_and_note)
+        finally:
+            seconds = time.perf_counter() - started
+            self._metrics.observe(route, scope["method"], status, seconds)
+
+
+def _route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The route the router will choose, as Starlette's does: the first full match, else the
+    first partial one (a method it does not take: 405)."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return _template(route)
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return "unmatched" if partial is None else _template(partial)
+
+
+def _template(route: BaseRoute) -> str:
+    path = str(getattr(route, "path", "")) or "unmatched"
+    return f"{path}/{{path}}" if isinstance(route, Mount) else path
 
 
 def _error(

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from lmnh.config import KafkaSettings
 from lmnh.errors import ExitCode, FatalError, TransientError
 from lmnh.events import KafkaMessage
+from lmnh.health import GroupState
 from lmnh.kafka_admin import admin_client, client_config, topic_id, wait_until_ready
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ _CLOSE_TIMEOUT_S = 10.0
 _REQUEST_TIMEOUT_S = 5.0  # the topic's id, its watermarks
 _POSITION_RETRY_S = 2.0  # how often partitions waiting for the database ask it again
 _ASSIGN_WAIT_S = 1.0  # longest a rebalance callback waits for the database's offsets
+_LAG_EVERY_S = 1.0  # how often the consumer lag is worked out from the client's cache
+_LAG_QUERY_EVERY_S = 5.0  # how often, while held, it is asked of the broker instead
+_LAG_QUERY_S = 2.0  # longest such a question may take in all
 _AUTH_ERRORS = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 _GONE_ERRORS = {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC}
 
@@ -64,6 +68,15 @@ class KafkaSource:
         self._carry: list[KafkaMessage] = []  # fetched while holding, not yet in a batch
         self.rebalanced_at: float | None = None  # monotonic time of the last assign or revoke
         self._lock = threading.Lock()
+        # For group_state(), read from the metrics server's thread; only this one calls the
+        # client, which serves one call at a time (a scrape would wait behind consume()).
+        self._member = False  # holds an assignment from the group (possibly empty)
+        self._left_at: float | None = None
+        self._assigned: tuple[int, ...] = ()
+        self._next_to_load: dict[int, int] = {}  # by the database: at assignment, then commits
+        self._lag: dict[int, int] = {}  # replaced whole, never changed in place
+        self._behind_since: float | None = None  # lag or unpositioned partitions since then
+        self._lag_due = 0.0
         self._consumer = Consumer(
             {
                 **client_config(kafka),
@@ -140,6 +153,8 @@ class KafkaSource:
                     deadline = time.monotonic() + max_wait_s
                 elif not polled:
                     break  # an idle slice: let the caller look at the clock and the stop flag
+        if time.monotonic() >= self._lag_due:
+            self._measure_lag(fresh=False)
         if batch:
             try:
                 self._confirm_topic()
@@ -158,6 +173,8 @@ class KafkaSource:
         """
         self._consumer.pause(self._consumer.assignment())
         self._carry = self._keep(self._carry, self._consumer.consume(100, 0))
+        if time.monotonic() >= self._lag_due:
+            self._measure_lag(fresh=True)
 
     def release(self) -> None:
         """Fetch again after `hold`, from where the application stopped reading."""
@@ -177,6 +194,7 @@ class KafkaSource:
         if not highest:
             return
         offsets = [TopicPartition(self.topic, p, o + 1) for p, o in highest.items()]
+        self._next_to_load.update((tp.partition, tp.offset) for tp in offsets)
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:
@@ -192,6 +210,49 @@ class KafkaSource:
         closer.join(_CLOSE_TIMEOUT_S)
         if closer.is_alive():
             log.warning("Kafka consumer did not close within %.0f s", _CLOSE_TIMEOUT_S)
+
+    def group_state(self) -> GroupState:
+        """Membership and consumer lag, for /health and the metrics: safe from any thread, as
+        it only reads what this one last recorded (the lag at most a few seconds old)."""
+        return GroupState(
+            self._member,
+            self._left_at,
+            self._assigned,
+            tuple(sorted(self._unpositioned)),
+            self._lag,
+            self._behind_since,
+        )
+
+    def _measure_lag(self, *, fresh: bool) -> None:
+        """Each assigned partition's high watermark minus its next offset to load (the
+        consumer's position for one the database has not loaded yet), where both are known.
+
+        The watermarks come from the client's cache, which each fetch refreshes: no broker
+        round trip. Held partitions fetch nothing, so then (`fresh`) they are asked of the
+        broker, lest a stuck pipeline show a lag that never grows.
+        """
+        now = time.monotonic()
+        self._lag_due = now + (_LAG_QUERY_EVERY_S if fresh else _LAG_EVERY_S)
+        deadline = now + _LAG_QUERY_S
+        lag = {}
+        for partition in self._assigned:
+            tp = TopicPartition(self.topic, partition)
+            try:
+                if fresh and (left := deadline - time.monotonic()) > 0:
+                    _, high = self._consumer.get_watermark_offsets(tp, timeout=left)
+                else:
+                    _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                loaded = self._next_to_load.get(partition)
+                if loaded is None:
+                    [tp] = self._consumer.position([tp])
+                    loaded = tp.offset
+            except KafkaException:
+                continue
+            if high >= 0 and loaded >= 0:
+                lag[partition] = high - loaded
+        self._lag = lag
+        behind = self._unpositioned or any(n > 0 for n in lag.values())
+        self._behind_since = (self._behind_since or now) if behind else None
 
     def _keep(self, kept: list[KafkaMessage], polled: list[Message]) -> list[KafkaMessage]:
         """Add polled messages to `kept`, dropping those of partitions revoked meanwhile
@@ -224,6 +285,7 @@ class KafkaSource:
         (a seek costs a second before the first message, so only then)."""
         numbers = [tp.partition for tp in partitions]
         self.rebalanced_at = time.monotonic()
+        self._member, self._assigned = True, tuple(sorted(numbers))
         try:
             known = self._start_offsets(self.topic, self.topic_id, numbers, _ASSIGN_WAIT_S)
             for partition, offset in known.items():
@@ -242,6 +304,7 @@ class KafkaSource:
         for tp in partitions:
             tp.offset = known.get(tp.partition, tp.offset)
         consumer.assign(partitions)
+        self._next_to_load.update(known)
         log.info("assigned %s", _describe(self.topic, numbers, known))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -250,7 +313,12 @@ class KafkaSource:
         with self._lock:
             self._revoked.update(revoked)
         self._unpositioned -= revoked
-        self.rebalanced_at = time.monotonic()
+        self.rebalanced_at = self._left_at = time.monotonic()
+        self._member = False
+        self._assigned = tuple(p for p in self._assigned if p not in revoked)
+        for partition in revoked:
+            self._next_to_load.pop(partition, None)
+        self._lag = {p: n for p, n in self._lag.items() if p not in revoked}
         log.info("revoked %s", ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions))
 
     def _position(self) -> None:
@@ -276,6 +344,7 @@ class KafkaSource:
             return
         self._consumer.resume([TopicPartition(self.topic, p) for p in partitions])
         self._unpositioned.clear()
+        self._next_to_load.update(known)
         log.info("resuming %s", _describe(self.topic, partitions, known))
 
     def _require_below_end(self, partition: int, offset: int) -> None:

@@ -21,6 +21,8 @@ from typing import Any, Protocol, TypeVar
 from lmnh import backoff
 from lmnh.errors import ExitCode, FatalError, PermanentError, TransientError
 from lmnh.events import KafkaMessage, Outcome, Reason, Rejection
+from lmnh.health import LoadState
+from lmnh.metrics import PipelineMetrics
 from lmnh.museum import Reference
 from lmnh.store import Store, WriteResult, unstorable
 from lmnh.validation import validate
@@ -152,8 +154,11 @@ class Pipeline:
         options: RunOptions,
         on_rejected: Callable[[list[tuple[KafkaMessage, Rejection]]], None],
         stop: threading.Event,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self._stop = stop
+        self._metrics = metrics or PipelineMetrics()
+        self._last_commit: tuple[float, float] | None = None  # (monotonic, Unix) time
         self._store = store
         self._options = options
         self._on_rejected = on_rejected
@@ -212,6 +217,13 @@ class Pipeline:
         self._in_flight = None
         self._finish(write, may_hold=False)  # inside a rebalance callback: no polling
 
+    def load_state(self) -> LoadState:
+        """What /health needs of the loop; read from the metrics server's thread."""
+        write = self._finishing or self._in_flight
+        waiting = write.arrived_at if write is not None and not write.result.done() else None
+        last = self._last_commit
+        return LoadState(last[0] if last else None, waiting, last[1] if last else None)
+
     def _loop(self, source: MessageSource) -> None:
         """Fetch and validate batch N+1 while the writer thread stores batch N.
 
@@ -235,6 +247,7 @@ class Pipeline:
             # A stop during the fetch still stores what was fetched: never half a batch.
             if messages:
                 last_activity = now
+                self._metrics.consumed(len(messages))
                 outcomes = self._validate(messages, datetime.now(UTC))
             if self._in_flight is not None:
                 self._finish_in_flight()
@@ -294,8 +307,16 @@ class Pipeline:
         def write(batch: Sequence[KafkaMessage], judged: Sequence[Outcome]) -> WriteResult:
             return self._store.write_batch(batch, judged, reference, received_at, topic_id)
 
-        result = self._writer.submit(lambda: self._write(messages, outcomes, write))
-        return _Write(result, messages, outcomes, arrived_at)
+        submitted_at = time.monotonic()
+
+        def store() -> WriteResult:  # on the writer thread
+            stored = self._write(messages, outcomes, write)
+            committed_at = time.monotonic()
+            self._last_commit = (committed_at, time.time())
+            self._metrics.store_took(committed_at - submitted_at)
+            return stored
+
+        return _Write(self._writer.submit(store), messages, outcomes, arrived_at)
 
     def _write(
         self, messages: Sequence[KafkaMessage], outcomes: Sequence[Outcome], write: WriteBatch
@@ -347,6 +368,7 @@ class Pipeline:
             source.release()
         source.commit(write.messages)
         self._stats.add(result, write.size, write.arrived_at)
+        self._metrics.stored(result, write.size)
         aside = {id(message) for message, _ in result.set_aside}
         rejected = [
             (message, outcome)
@@ -394,6 +416,7 @@ class Pipeline:
                 break
             except TransientError as error:
                 log.warning("%s; retrying in %.1f s", error, delay)
+                self._metrics.retried()
             deadline = time.monotonic() + delay
             while (left := deadline - time.monotonic()) > 0:
                 if self._stop.wait(min(left, _HOLD_CHECK_S) if serve_group else left):

@@ -17,6 +17,7 @@ HOMES = {
     "confluent_kafka": {"kafka_source", "kafka_admin"},
     "psycopg2": {"database", "store"},
     "dotenv": {"config"},
+    "prometheus_client": {"metrics"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Custom checkov checks for deploy/aws (loaded with `checkov --external-checks-dir`)."""
