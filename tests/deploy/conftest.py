@@ -13,19 +13,15 @@ import json
 import socket
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from lmnh.config import Settings
-from lmnh.database import create_database, drop_database
-from stack.topics import delete_topic, ensure_topic
 from tests.deploy import images
-from tests.integration.conftest import services, settings, target
-from tests.integration.support import Target, clean_env
+from tests.integration.conftest import fresh_target, services, settings, target
+from tests.integration.support import Target
 
 __all__ = ["services", "settings", "target"]  # shared with tests/integration
 
@@ -58,14 +54,7 @@ def systemd_image(project_image: str) -> str:
 @pytest.fixture
 def bare_target(settings: Settings) -> Iterator[Target]:
     """A fresh topic and an EMPTY database (no schema): what a first deployment meets."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    database = create_database(settings.database, name, schema=False)
-    ensure_topic(settings.kafka, name, settings.topic_partitions)
-    try:
-        yield Target(replace(settings, database=database), name, {**clean_env(), "DB_NAME": name})
-    finally:
-        delete_topic(settings.kafka, name)
-        drop_database(settings.database, name)
+    yield from fresh_target(settings, schema=False)
 
 
 def container_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -81,16 +81,22 @@ def local_postgres(services: Services) -> None:
         )
 
 
-@pytest.fixture
-def target(settings: Settings) -> Iterator[Target]:
+def fresh_target(settings: Settings, *, schema: bool = True) -> Iterator[Target]:
+    """A topic and a database of their own (with the schema and the dashboard's views, unless
+    `schema` is False), removed afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    database = create_database(settings.database, name, extensions=[VIEWS_FILE])
+    database = create_database(settings.database, name, schema=schema, extensions=[VIEWS_FILE])
     ensure_topic(settings.kafka, name, settings.topic_partitions)
     try:
         yield Target(replace(settings, database=database), name, {**clean_env(), "DB_NAME": name})
     finally:
         delete_topic(settings.kafka, name)
         drop_database(settings.database, name)
+
+
+@pytest.fixture
+def target(settings: Settings) -> Iterator[Target]:
+    yield from fresh_target(settings)
 
 
 MakeLogin = Callable[[str], DatabaseSettings]
