@@ -16,7 +16,7 @@ import threading
 from functools import partial
 from pathlib import Path
 
-from lmnh.cli import load_settings, positive_int, run, stop_on_signals
+from lmnh.cli import load_settings, positive_int, positive_number, run, stop_on_signals
 from lmnh.errors import ExitCode
 from lmnh.events import KafkaMessage, Rejection, storable_text
 from lmnh.kafka_source import KafkaSource
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--health-stall-seconds",
-        type=_seconds,
+        type=positive_number,
         default=60.0,
         metavar="SECONDS",
         help="/health reports the pipeline stalled once messages wait to be stored and nothing"
@@ -179,17 +179,6 @@ def _port(text: str) -> int:
     if port > _MAX_PORT:
         raise argparse.ArgumentTypeError(f"{text} is not a port number (1 to {_MAX_PORT})")
     return port
-
-
-def _seconds(text: str) -> float:
-    """argparse type: a duration above zero, in seconds."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return seconds
 
 
 def _configure_logging(logfile: Path | None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import secrets
 import sys
 import threading
@@ -21,7 +20,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-from lmnh.cli import fail, load_settings, positive_int, run, stop_on_signals
+from lmnh.cli import fail, load_settings, positive_int, positive_number, run, stop_on_signals
 from lmnh.config import KafkaSettings
 from lmnh.errors import ExitCode, FatalError
 from lmnh.kafka_admin import wait_until_ready
@@ -62,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument(
         "--backfill",
-        type=_positive_float,
+        type=positive_number,
         metavar="DAYS",
         help="history: messages spread over the DAYS days ending at --until, following the "
         "museum's daily shape, sent as fast as the broker acks them",
     )
     mode.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_number,
         metavar="N",
         help="live: N messages a second stamped with the current time, until --count or "
         "Ctrl-C (while the museum is closed they are all out of hours, as the pipeline will say)",
@@ -255,13 +254,6 @@ def _summary(report: dict[str, object], tally: Tally, producer: AckedProducer[Tr
     if producer.first_failure is None:
         return line
     return f"{line}; first failure: {producer.first_failure}"
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
 
 
 def _moment(text: str) -> datetime:

@@ -121,10 +121,7 @@ class Target:
         assert len(acked) == len(values), producer.first_failure
 
     def wait_until_loaded(self, count: int, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.loaded() < count:
-            assert time.monotonic() < deadline, f"only {self.loaded()} of {count} loaded"
-            time.sleep(0.2)
+        wait_until(lambda: self.loaded() >= count, timeout_s, f"{count} were loaded", 0.2)
 
     def loaded(self) -> int:
         """Messages loaded so far, by the database's own record of its offsets."""
