@@ -239,6 +239,10 @@ def assert_prometheus_sees(
     evaluated = [rule for group in rules["data"]["groups"] for rule in group["rules"]]
     assert len(evaluated) == 10
     assert [rule for rule in evaluated if rule["health"] != "ok"] == []
+    # A recording rule's first sample appears one evaluation after its input series does.
+    wait_until(
+        lambda: prometheus.value("lmnh:museum_open") is not None, 10, "the rule has a sample"
+    )
     open_before = in_opening_hours(datetime.now(UTC))
     museum_open = prometheus.value("lmnh:museum_open")
     if open_before == in_opening_hours(datetime.now(UTC)):  # not at 08:45 or 18:15 sharp
