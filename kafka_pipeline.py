@@ -16,7 +16,14 @@ import threading
 from functools import partial
 from pathlib import Path
 
-from lmnh.cli import load_settings, positive_int, positive_number, run, stop_on_signals
+from lmnh.cli import (
+    load_settings,
+    positive_int,
+    positive_number,
+    run,
+    stop_on_signals,
+    whole_number,
+)
 from lmnh.errors import ExitCode
 from lmnh.events import KafkaMessage, Rejection, storable_text
 from lmnh.kafka_source import KafkaSource
@@ -75,9 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--batch-timeout-ms",
-        type=positive_int,
-        default=500,
-        help="store a partial batch once its first message is this old (default: 500)",
+        type=whole_number,
+        default=0,
+        help="while the database is free, wait this long after a batch's first message for "
+        "more (default: 0, group commit: store as soon as the database is free)",
     )
     parser.add_argument(
         "--idle-timeout",

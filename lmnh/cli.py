@@ -86,10 +86,18 @@ def positive_number(text: str) -> float:
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number above zero."""
+    value = whole_number(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def whole_number(text: str) -> int:
+    """argparse type: a whole number, zero or above."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number, 0 or above")
     return value

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # The slice of one consume() call: confluent-kafka >= 2.13 returns as soon as a 200 ms slice
 # yields anything, so batches are accumulated here until full or out of time.
 _CONSUME_SLICE_S = 0.2
+# While a batch waits for the writer, how often it checks that the writer is free.
+_READY_CHECK_S = 0.002
 _CLOSE_TIMEOUT_S = 10.0
 _REQUEST_TIMEOUT_S = 5.0  # the topic's id, its watermarks
 _POSITION_RETRY_S = 2.0  # how often partitions waiting for the database ask it again
@@ -128,10 +130,18 @@ class KafkaSource:
         )
 
     def next_batch(
-        self, max_messages: int, max_wait_s: float, stop: threading.Event
+        self,
+        max_messages: int,
+        max_wait_s: float,
+        stop: threading.Event,
+        ready: Callable[[], bool],
     ) -> list[KafkaMessage]:
-        """Up to `max_messages` messages, returned when full, when `max_wait_s` has passed
-        since the first one arrived, or when `stop` is set.
+        """Up to `max_messages` messages, returned when full, when `stop` is set, or once the
+        first has waited `max_wait_s` and `ready()` says the caller can store a batch now.
+
+        With `max_wait_s` 0 this is group commit: a batch goes as soon as the writer is free
+        (a quiet feed is stored at once), and grows while it is busy (a busy one still fills
+        large batches).
 
         Messages are returned only once the topic is confirmed to be the one this run started
         on, after they were fetched: one recreated meanwhile could otherwise pass as the old
@@ -139,18 +149,23 @@ class KafkaSource:
         """
         self._position()
         batch, self._carry = self._carry[:max_messages], self._carry[max_messages:]
-        deadline = time.monotonic() + max_wait_s if batch else None
+        due = time.monotonic() + max_wait_s if batch else None  # when the batch may go
         while len(batch) < max_messages and not stop.is_set():
-            remaining = _CONSUME_SLICE_S if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            polled = self._consumer.consume(
-                max_messages - len(batch), min(remaining, _CONSUME_SLICE_S)
-            )
+            if due is None:
+                wait = _CONSUME_SLICE_S
+            elif (left := due - time.monotonic()) > 0:
+                wait = min(left, _CONSUME_SLICE_S)
+            elif ready():
+                wait = 0.0  # take what is already here, then go
+            else:
+                wait = _READY_CHECK_S
+            polled = self._consumer.consume(max_messages - len(batch), wait)
             batch = self._keep(batch, polled)
-            if deadline is None:
+            if wait == 0.0:
+                break
+            if due is None:
                 if batch:
-                    deadline = time.monotonic() + max_wait_s
+                    due = time.monotonic() + max_wait_s
                 elif not polled:
                     break  # an idle slice: let the caller look at the clock and the stop flag
         if time.monotonic() >= self._lag_due:

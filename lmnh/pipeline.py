@@ -24,7 +24,7 @@ from lmnh.events import KafkaMessage, Outcome, Reason, Rejection
 from lmnh.health import LoadState
 from lmnh.metrics import PipelineMetrics
 from lmnh.museum import Reference
-from lmnh.store import Store, WriteResult, unstorable
+from lmnh.store import CopyBatch, Store, WriteResult, copy_batch, unstorable
 from lmnh.validation import validate
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ _REVOKE_WAIT_S = 5.0  # longest a rebalance waits for the batch in flight
 _ERROR_WAIT_S = 5.0  # after an error, how long the batch in flight may still finish
 _CANCEL_WAIT_S = 2.0  # after cancelling its statement, how long the writer has to roll back
 T = TypeVar("T")
-# Stores one batch (messages, their outcomes) in one transaction: one attempt.
-WriteBatch = Callable[[Sequence[KafkaMessage], Sequence[Outcome]], WriteResult]
+# Stores one batch in one transaction: one attempt.
+WriteBatch = Callable[[CopyBatch], WriteResult]
 
 
 class Stopped(Exception):
@@ -52,7 +52,11 @@ class MessageSource(Protocol):
     topic_id: str  # Kafka's id of the topic the messages come from
 
     def next_batch(
-        self, max_messages: int, max_wait_s: float, stop: threading.Event
+        self,
+        max_messages: int,
+        max_wait_s: float,
+        stop: threading.Event,
+        ready: Callable[[], bool],
     ) -> list[KafkaMessage]: ...
     def commit(self, messages: Sequence[KafkaMessage]) -> None: ...
     def hold(self) -> None: ...
@@ -63,7 +67,9 @@ class MessageSource(Protocol):
 class RunOptions:
     limit: int | None  # stop after this many messages; None: no limit
     batch_size: int = 10_000
-    batch_timeout_s: float = 0.5
+    # Longest the first message of a batch waits for more while the writer is free. 0 is group
+    # commit: a batch goes as soon as the writer is free, and grows while it is busy.
+    batch_timeout_s: float = 0.0
     idle_timeout_s: float | None = 10.0  # stop when nothing arrives for this long; None: never
     progress_interval_s: float = 10.0
     reference_refresh_s: float = 5.0  # at most one reload of the reference data this often
@@ -242,7 +248,9 @@ class Pipeline:
                 wanted = min(wanted, options.limit - stats.consumed - held)
                 if wanted <= 0:
                     break
-            messages = source.next_batch(wanted, options.batch_timeout_s, self._stop)
+            messages = source.next_batch(
+                wanted, options.batch_timeout_s, self._stop, self._writer_free
+            )
             now = time.monotonic()
             # A stop during the fetch still stores what was fetched: never half a batch.
             if messages:
@@ -261,6 +269,9 @@ class Pipeline:
                 last_progress = now
                 log.info("progress: %s", stats.summary())
         self._finish_in_flight()  # whole, so finish it, also on a stop
+
+    def _writer_free(self) -> bool:
+        return self._in_flight is None or self._in_flight.result.done()
 
     def _finish_in_flight(self) -> None:
         write, self._in_flight = self._in_flight, None
@@ -299,18 +310,17 @@ class Pipeline:
     def _submit(
         self, messages: list[KafkaMessage], outcomes: list[Outcome], arrived_at: float
     ) -> _Write:
-        """Hand a validated batch to the writer thread."""
-        reference = self._current_reference()
-        received_at = datetime.now(UTC)
+        """Hand a validated batch, as COPY text, to the writer thread."""
+        batch = copy_batch(messages, outcomes, self._current_reference(), datetime.now(UTC))
         topic_id = self._source.topic_id
 
-        def write(batch: Sequence[KafkaMessage], judged: Sequence[Outcome]) -> WriteResult:
-            return self._store.write_batch(batch, judged, reference, received_at, topic_id)
+        def write(part: CopyBatch) -> WriteResult:
+            return self._store.write_batch(part, topic_id)
 
         submitted_at = time.monotonic()
 
         def store() -> WriteResult:  # on the writer thread
-            stored = self._write(messages, outcomes, write)
+            stored = self._write(batch, write)
             committed_at = time.monotonic()
             self._last_commit = (committed_at, time.time())
             self._metrics.store_took(committed_at - submitted_at)
@@ -318,22 +328,21 @@ class Pipeline:
 
         return _Write(self._writer.submit(store), messages, outcomes, arrived_at)
 
-    def _write(
-        self, messages: Sequence[KafkaMessage], outcomes: Sequence[Outcome], write: WriteBatch
-    ) -> WriteResult:
+    def _write(self, batch: CopyBatch, write: WriteBatch) -> WriteResult:
         """Store a batch, waiting out an unavailable database. A batch refused for its data is
         halved, first half first (each partition's offset only moves forward), until each
         refused message is alone; that one is set aside as an `unstorable` rejection with its
         raw bytes and the error, and the rest is stored: one message never holds up the feed."""
         try:
-            return self._retry(lambda: write(messages, outcomes))
+            return self._retry(lambda: write(batch))
         except PermanentError as error:
-            if len(messages) > 1:
-                half = len(messages) // 2
-                first = self._write(messages[:half], outcomes[:half], write)
-                return first + self._write(messages[half:], outcomes[half:], write)
-            message = messages[0]
-            rejection = unstorable(outcomes[0], error)
+            size = len(batch.messages)
+            if size > 1:
+                half = size // 2
+                first = self._write(batch.part(0, half), write)
+                return first + self._write(batch.part(half, size), write)
+            message = batch.messages[0]
+            rejection = unstorable(batch.outcomes[0], error)
             log.error(
                 "%s[%d]@%d set aside: %s",
                 message.topic,
@@ -342,7 +351,7 @@ class Pipeline:
                 rejection.detail,
             )
             try:
-                result = self._retry(lambda: write(messages, [rejection]))
+                result = self._retry(lambda: write(batch.as_rejected(rejection)))
             except PermanentError as refused:
                 raise FatalError(
                     f"the database refuses to store even the raw bytes of {message.topic}"

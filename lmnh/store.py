@@ -218,26 +218,14 @@ class Store:
             result[partition] = offset
         return result
 
-    def write_batch(
-        self,
-        messages: Sequence[KafkaMessage],
-        outcomes: Sequence[Outcome],
-        reference: Reference,
-        received_at: datetime,
-        topic_id: str,
-    ) -> WriteResult:
+    def write_batch(self, batch: CopyBatch, topic_id: str) -> WriteResult:
         """Store a batch in one transaction and advance its partitions' offsets.
 
-        A message whose row cannot even be built is stored as an `unstorable` rejection at
-        once; a batch that PostgreSQL refuses for its data raises `PermanentError` and stores
+        A batch that PostgreSQL refuses for its data raises `PermanentError` and stores
         nothing (the pipeline then halves it to find the refused message).
         """
-        highest: dict[tuple[str, int], int] = {}
-        for message in messages:
-            key = (message.topic, message.partition)
-            highest[key] = max(highest.get(key, -1), message.offset)
-        topics = [topic for topic, _ in highest]
-        partitions = [partition for _, partition in highest]
+        topics = [topic for topic, _ in batch.highest]
+        partitions = [partition for _, partition in batch.highest]
 
         with self._transaction() as cur:
             cur.execute(
@@ -259,28 +247,11 @@ class Store:
                 _require_same_topic(topic, topic_id, stored_id)
                 next_offset[(topic, partition)] = offset
 
-            lines: tuple[list[str], list[str], list[str]] = ([], [], [])
-            rejected_codes: Counter[str] = Counter()
-            set_aside: list[tuple[KafkaMessage, Rejection]] = []
-            already_stored = 0
-            received = received_at.isoformat()
-            for message, outcome in zip(messages, outcomes, strict=True):
-                if message.offset < next_offset[(message.topic, message.partition)]:
-                    already_stored += 1
-                    continue
-                stored = outcome
-                try:
-                    table, line = copy_row(message, stored, reference, received)
-                except Exception as error:  # a row we cannot even build: keep the message raw
-                    stored = unstorable(outcome, classify(error))
-                    set_aside.append((message, stored))
-                    table, line = copy_row(message, stored, reference, received)
-                lines[table].append(line)
-                if isinstance(stored, Rejection):
-                    rejected_codes[stored.code.value] += 1
-            for statement, table_lines in zip(COPY_STATEMENTS, lines, strict=True):
-                if table_lines:
-                    data = "".join(table_lines).encode("utf-8")
+            rows = batch
+            if any(batch.lowest[key] < next_offset[key] for key in batch.lowest):
+                rows = batch.without_stored(next_offset)  # a replay: rare, so rebuilt
+            for statement, data in zip(COPY_STATEMENTS, rows.data, strict=True):
+                if data:
                     cur.copy_expert(statement, io.BytesIO(data), _COPY_CHUNK)
             cur.execute(
                 "UPDATE kafka_offset AS o SET next_offset = v.next_offset, topic_id = %s,"
@@ -289,12 +260,94 @@ class Store:
                 " AS v (kafka_topic, kafka_partition, next_offset)"
                 " WHERE o.kafka_topic = v.kafka_topic AND o.kafka_partition = v.kafka_partition"
                 " AND o.next_offset < v.next_offset",
-                (topic_id, topics, partitions, [offset + 1 for offset in highest.values()]),
+                (topic_id, topics, partitions, [offset + 1 for offset in batch.highest.values()]),
             )
-        ratings, requests, _ = lines
-        return WriteResult(
-            len(ratings), len(requests), rejected_codes, already_stored, tuple(set_aside)
+        already_stored = len(batch.messages) - len(rows.messages)
+        return rows.result + WriteResult(already_stored=already_stored)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyBatch:
+    """A batch as the COPY text of each table, built before its transaction and off the
+    writer's thread, so that the writer only waits on the database."""
+
+    messages: Sequence[KafkaMessage]
+    outcomes: Sequence[Outcome]
+    reference: Reference
+    received_at: datetime
+    data: tuple[bytes, bytes, bytes]  # for COPY_STATEMENTS, in order
+    result: WriteResult  # what storing every message stores
+    lowest: dict[tuple[str, int], int]  # offset, by topic and partition
+    highest: dict[tuple[str, int], int]
+
+    def part(self, start: int, stop: int) -> CopyBatch:
+        return copy_batch(
+            self.messages[start:stop], self.outcomes[start:stop], self.reference, self.received_at
         )
+
+    def as_rejected(self, rejection: Rejection) -> CopyBatch:
+        """The batch's only message, stored as `rejection` instead."""
+        return copy_batch(self.messages, [rejection], self.reference, self.received_at)
+
+    def without_stored(self, next_offset: dict[tuple[str, int], int]) -> CopyBatch:
+        """The messages an earlier run did not store: those at or above `next_offset`."""
+        kept = [
+            i
+            for i, message in enumerate(self.messages)
+            if message.offset >= next_offset[(message.topic, message.partition)]
+        ]
+        return copy_batch(
+            [self.messages[i] for i in kept],
+            [self.outcomes[i] for i in kept],
+            self.reference,
+            self.received_at,
+        )
+
+
+def copy_batch(
+    messages: Sequence[KafkaMessage],
+    outcomes: Sequence[Outcome],
+    reference: Reference,
+    received_at: datetime,
+) -> CopyBatch:
+    """Build a batch's COPY text. A message whose row cannot even be built is stored as an
+    `unstorable` rejection at once."""
+    lines: tuple[list[str], list[str], list[str]] = ([], [], [])
+    rejected_codes: Counter[str] = Counter()
+    set_aside: list[tuple[KafkaMessage, Rejection]] = []
+    lowest: dict[tuple[str, int], int] = {}
+    highest: dict[tuple[str, int], int] = {}
+    received = received_at.isoformat()
+    for message, outcome in zip(messages, outcomes, strict=True):
+        key = (message.topic, message.partition)
+        if key not in lowest:
+            lowest[key] = highest[key] = message.offset
+        elif message.offset < lowest[key]:
+            lowest[key] = message.offset
+        elif message.offset > highest[key]:
+            highest[key] = message.offset
+        stored = outcome
+        try:
+            table, line = copy_row(message, stored, reference, received)
+        except Exception as error:  # a row we cannot even build: keep the message raw
+            stored = unstorable(outcome, classify(error))
+            set_aside.append((message, stored))
+            table, line = copy_row(message, stored, reference, received)
+        lines[table].append(line)
+        if isinstance(stored, Rejection):
+            rejected_codes[stored.code.value] += 1
+    ratings, requests, rejected = ("".join(table).encode("utf-8") for table in lines)
+    result = WriteResult(len(lines[0]), len(lines[1]), rejected_codes, set_aside=tuple(set_aside))
+    return CopyBatch(
+        messages,
+        outcomes,
+        reference,
+        received_at,
+        (ratings, requests, rejected),
+        result,
+        lowest,
+        highest,
+    )
 
 
 def unstorable(outcome: Outcome, error: Exception) -> Rejection:

@@ -147,7 +147,11 @@ class _OneBatchThenFails:
         self.committed: list[KafkaMessage] = []
 
     def next_batch(
-        self, max_messages: int, max_wait_s: float, stop: threading.Event
+        self,
+        max_messages: int,
+        max_wait_s: float,
+        stop: threading.Event,
+        ready: Callable[[], bool],
     ) -> list[KafkaMessage]:
         if self._batch:
             batch, self._batch = self._batch, []

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from lmnh.events import KafkaMessage
-from lmnh.store import Store
+from lmnh.store import Store, copy_batch
 from lmnh.validation import validate
 from tests.integration.support import Target, stored_coordinates
 
@@ -32,7 +32,7 @@ def messages(
 def write(store: Store, batch: list[KafkaMessage]):  # type: ignore[no-untyped-def]
     reference = store.load_reference()
     outcomes = [validate(m.value, reference, NOW) for m in batch]
-    return store.write_batch(batch, outcomes, reference, NOW, TOPIC_ID)
+    return store.write_batch(copy_batch(batch, outcomes, reference, NOW), TOPIC_ID)
 
 
 def test_a_replayed_batch_is_skipped_whole(target: Target) -> None:

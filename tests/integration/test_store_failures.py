@@ -13,7 +13,7 @@ from psycopg2 import sql
 from lmnh.database import classify, connect, execute_outside_transaction
 from lmnh.errors import ExitCode, FatalError, PermanentError, TransientError
 from lmnh.events import KafkaMessage, Outcome, RatingEvent, Reason, Rejection
-from lmnh.store import Store, WriteResult
+from lmnh.store import Store, WriteResult, copy_batch
 from lmnh.validation import validate
 from simulator.traffic import report_counts
 from tests.integration.conftest import MakeLogin
@@ -41,7 +41,7 @@ def messages(topic: str, values: list[bytes | None]) -> list[KafkaMessage]:
 
 
 def write(store: Store, batch: list[KafkaMessage], outcomes: list[Outcome]) -> WriteResult:
-    return store.write_batch(batch, outcomes, store.load_reference(), NOW, TOPIC_ID)
+    return store.write_batch(copy_batch(batch, outcomes, store.load_reference(), NOW), TOPIC_ID)
 
 
 def validated(store: Store, batch: list[KafkaMessage]) -> list[Outcome]:
