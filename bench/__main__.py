@@ -42,7 +42,7 @@ from bench.local import (
 from bench.machine import code_digest, describe, git_state
 from bench.report import Summary, parse_sizes, percentile, rate, render, thousands
 from lmnh.cli import positive_int, run
-from lmnh.config import Settings
+from lmnh.config import DatabaseSettings, Settings
 from lmnh.database import connect
 from lmnh.events import KafkaMessage, Outcome, Rejection
 from lmnh.kafka_admin import wait_until_ready
@@ -50,6 +50,10 @@ from lmnh.store import Store
 from lmnh.validation import validate
 
 RESULTS = ROOT / "bench" / "results"
+# The pipeline writes over one connection (its writer thread; the other only reads): the
+# ceiling that matches it is COPY over one. Two show what parallel writers could reach.
+OURS_CONNECTIONS = 1
+CEILING_CONNECTIONS = (OURS_CONNECTIONS, 2)
 JOIN_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 120.0
 
@@ -91,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="100000,1000000,5000000",
         help='run sizes at which to measure peak RSS, a comma list; "" skips (default '
         "100000,1000000,5000000)",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="REVISION",
+        help="also run kafka_pipeline.py as it was at this git revision, on its own schema: "
+        "an A/B in the same run",
     )
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS, help="where the JSON goes (bench/results)"
@@ -209,38 +219,19 @@ def _run(
 
     progress("ours: kafka_pipeline.py over every message")
     ours_db = resources.database("ours")
-    resources.checkpoint()
-    load = os.getloadavg()
-    run = run_pipeline(
-        pipeline_command(
-            topic,
-            resources.group("ours"),
-            scratch / "ours-invalid.log",
-            "--limit",
-            str(n),
-            "--idle-timeout",
-            "5",
-        ),
-        ours_db,
-        scratch,
-        "ours",
-    )
-    summary = _require_clean_run(run, n, "ours")
-    wall_rate = rate(n, run.wall_seconds)
-    require_exactly(ours_db, report, "ours")
-    contenders["ours"] = {
-        **_figures(
-            n,
-            n / summary.rate,
-            f'its own "msg/s while loading"; wall clock {thousands(wall_rate)} msg/s',
-            load,
-        ),
-        "wall_seconds": round(run.wall_seconds, 3),
-        "wall_messages_per_second": round(wall_rate, 1),
-        "peak_rss_kib": run.max_rss_kib,
-        "summary": run.stdout.strip().splitlines()[-1],
-    }
-    progress(f"  {_rate_line(contenders['ours'])}, peak RSS {run.max_rss_kib} KiB; rows verified")
+    contenders["ours"] = _ours(resources, scratch, topic, report, ours_db, "ours", ROOT)
+    progress(f"  {_rate_line(contenders['ours'])}; rows verified")
+    if args.compare:
+        progress(f"ours at {args.compare}: its kafka_pipeline.py on its own schema")
+        code, commit = resources.checkout(args.compare, scratch)
+        database = resources.database("compare", code)
+        contenders["ours_at_revision"] = {
+            **_ours(resources, scratch, topic, report, database, "compare", code),
+            "revision": args.compare,
+            "commit": commit,
+        }
+        progress(f"  {_rate_line(contenders['ours_at_revision'])}; rows verified")
+        resources.drop_database(database)
 
     progress("database ceiling: reading the topic back and building the COPY text (not timed)")
     copy_db = resources.database("copy")
@@ -258,20 +249,29 @@ def _run(
         read_topic(kafka, topic, resources.group("read")), judge, reference, now
     )
     progress(f"  COPY of the same rows in {len(chunks)} transactions")
-    resources.checkpoint()
-    load = os.getloadavg()
-    seconds = ceilings.database_ceiling(copy_db, chunks)
+    for connections in CEILING_CONNECTIONS:
+        if connections > 1:
+            resources.drop_database(copy_db)
+            copy_db = resources.database(f"copy{connections}")
+        resources.checkpoint()
+        load = os.getloadavg()
+        seconds = ceilings.database_ceiling(copy_db, chunks, connections)
+        require_exactly(copy_db, report, "database ceiling")
+        if fingerprint(copy_db) != fingerprint(ours_db):
+            raise BenchError("database ceiling: its rows differ from those the pipeline stored")
+        key = "database_ceiling" if connections == 1 else f"database_ceiling_{connections}"
+        contenders[key] = {
+            **_figures(
+                n,
+                seconds,
+                f"COPY of the same rows, {thousands(ceilings.COPY_CHUNK)} per transaction,"
+                f" over {connections} connection{'s' if connections > 1 else ''}",
+                load,
+            ),
+            "connections": connections,
+        }
+        progress(f"  {connections} connection(s): {_rate_line(contenders[key])}; rows as ours")
     del chunks
-    require_exactly(copy_db, report, "database ceiling")
-    if fingerprint(copy_db) != fingerprint(ours_db):
-        raise BenchError("database ceiling: its rows differ from those the pipeline stored")
-    contenders["database_ceiling"] = _figures(
-        n,
-        seconds,
-        f"COPY of the same rows, {thousands(ceilings.COPY_CHUNK)} per transaction",
-        load,
-    )
-    progress(f"  {_rate_line(contenders['database_ceiling'])}; rows identical to ours")
     resources.drop_database(copy_db)
     resources.drop_database(ours_db)
 
@@ -321,6 +321,9 @@ def _run(
         "ours_over_min_ceiling_percent": round(100 * ours_rate / ceiling["messages_per_second"], 1),
         "limiting_ceiling": ceiling_name,
     }
+    if "ours_at_revision" in contenders:
+        before = contenders["ours_at_revision"]["messages_per_second"]
+        result["ratios"]["ours_over_revision"] = round(ours_rate / before, 2)
 
     result["freshness"] = None
     if not args.skip_freshness:
@@ -436,6 +439,48 @@ def _freshness(
         f" max {figures['max_ms']:.0f} ms over {thousands(len(delays))} messages"
     )
     return figures
+
+
+def _ours(
+    resources: Resources,
+    scratch: Path,
+    topic: str,
+    report: dict[str, Any],
+    database: DatabaseSettings,
+    label: str,
+    code: Path,
+) -> dict[str, Any]:
+    """kafka_pipeline.py of the checkout at `code` over every message of `topic`, as users
+    run it; its rows checked against what the simulator acknowledged."""
+    n = report["sent"]
+    resources.checkpoint()
+    load = os.getloadavg()
+    command = pipeline_command(
+        topic,
+        resources.group(label),
+        scratch / f"{label}-invalid.log",
+        "--limit",
+        str(n),
+        "--idle-timeout",
+        "5",
+    )
+    run = run_pipeline(command, database, scratch, label, code)
+    summary = _require_clean_run(run, n, label)
+    wall_rate = rate(n, run.wall_seconds)
+    require_exactly(database, report, label)
+    return {
+        **_figures(
+            n,
+            n / summary.rate,
+            f'its own "msg/s while loading"; wall clock {thousands(wall_rate)} msg/s',
+            load,
+        ),
+        "wall_seconds": round(run.wall_seconds, 3),
+        "wall_messages_per_second": round(wall_rate, 1),
+        "peak_rss_kib": run.max_rss_kib,
+        "connections": OURS_CONNECTIONS,
+        "summary": run.stdout.strip().splitlines()[-1],
+    }
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

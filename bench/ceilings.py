@@ -5,12 +5,14 @@ nothing with them."""
 from __future__ import annotations
 
 import io
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from confluent_kafka import Consumer
+from psycopg2.extensions import connection as Connection
 
 from bench.local import BenchError
 from lmnh.config import DatabaseSettings, KafkaSettings
@@ -63,24 +65,43 @@ def build_chunks(
     return chunks
 
 
-def database_ceiling(database: DatabaseSettings, chunks: Iterable[CopyChunk]) -> float:
+def database_ceiling(
+    database: DatabaseSettings, chunks: Sequence[CopyChunk], connections: int = 1
+) -> float:
     """Seconds to COPY every chunk, one transaction each, into the schema with all its
-    constraints and indexes."""
-    conn = connect(database, application_name="lmnh-bench-copy")
+    constraints, indexes and triggers, over `connections` connections at once (chunk i on
+    connection i mod `connections`): the ceiling for a loader writing over as many."""
+    conns = [connect(database, application_name="lmnh-bench-copy") for _ in range(connections)]
+    errors: list[BaseException] = []
+
+    def copy(conn: Connection, mine: Sequence[CopyChunk]) -> None:
+        try:
+            for chunk in mine:
+                with conn, conn.cursor() as cur:
+                    texts = (chunk.ratings, chunk.requests, chunk.rejected)
+                    for statement, text in zip(COPY_STATEMENTS, texts, strict=True):
+                        if text:
+                            cur.copy_expert(statement, io.StringIO(text))
+        except BaseException as error:  # reported by the waiting thread
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=copy, args=(conn, chunks[i::connections]), daemon=True)
+        for i, conn in enumerate(conns)
+    ]
     try:
         started = time.monotonic()
-        for chunk in chunks:
-            with conn, conn.cursor() as cur:
-                for statement, text in (
-                    (COPY_STATEMENTS[0], chunk.ratings),
-                    (COPY_STATEMENTS[1], chunk.requests),
-                    (COPY_STATEMENTS[2], chunk.rejected),
-                ):
-                    if text:
-                        cur.copy_expert(statement, io.StringIO(text))
-        return time.monotonic() - started
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.monotonic() - started
     finally:
-        conn.close()
+        for conn in conns:
+            conn.close()
+    if errors:
+        raise BenchError(f"database ceiling: {errors[0]}")
+    return seconds
 
 
 def pipeline_consumer_config(kafka: KafkaSettings, group: str) -> dict[str, object]:

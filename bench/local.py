@@ -68,6 +68,7 @@ class Resources:
         self._databases: list[str] = []
         self._topics: list[str] = []
         self._groups: list[str] = []
+        self._checkouts: list[Path] = []
 
     def name(self, kind: str) -> str:
         return f"bench_{kind}_{self.run_id}"
@@ -77,12 +78,32 @@ class Resources:
         self._groups.append(group)
         return group
 
-    def database(self, kind: str) -> DatabaseSettings:
-        """A new database with the project's schema applied."""
+    def database(self, kind: str, code: Path = ROOT) -> DatabaseSettings:
+        """A new database with the schema of the project checked out at `code` applied, as
+        its `python -m stack schema` makes it (this checkout's, unless told)."""
         name = self.name(kind)
-        database = create_database(self.settings.database, name, extensions=[VIEWS_FILE])
+        if code == ROOT:
+            database = create_database(self.settings.database, name, extensions=[VIEWS_FILE])
+        else:
+            database = create_database(self.settings.database, name, schema=False)
+            command = [PYTHON, "-m", "stack", "schema", "--env-file", NO_ENV_FILE]
+            done = subprocess.run(  # noqa: S603 - our own command line
+                command, cwd=code, env=child_env(name), capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                raise BenchError(f"the schema of {code} failed: {done.stderr[-2000:]}")
         self._databases.append(name)
         return database
+
+    def checkout(self, revision: str, scratch: Path) -> tuple[Path, str]:
+        """The project at `revision`, checked out beside this one (a git worktree), for an
+        A/B in the same run, and its commit; removed by `close`."""
+        path = scratch / f"at-{revision}"
+        done = _git("worktree", "add", "--detach", str(path), revision)
+        if done.returncode != 0:
+            raise BenchError(f"cannot check out {revision}: {done.stderr.strip()}")
+        self._checkouts.append(path)
+        return path, _git("-C", str(path), "rev-parse", "HEAD").stdout.strip()
 
     def drop_database(self, database: DatabaseSettings) -> None:
         drop_database(self.settings.database, database.name)
@@ -102,7 +123,12 @@ class Resources:
         execute_outside_transaction(self.settings.database, sql.SQL("CHECKPOINT"))
 
     def close(self) -> None:
-        """Remove every database, topic and consumer group this run made."""
+        """Remove every database, topic, consumer group and checkout this run made."""
+        for path in self._checkouts:  # then forgotten by git, also if already deleted
+            _git("worktree", "remove", "--force", str(path))
+        if self._checkouts:
+            _git("worktree", "prune")
+        self._checkouts.clear()
         for database in list(self._databases):
             self.drop_database(replace(self.settings.database, name=database))
         for topic in self._topics:
@@ -115,6 +141,16 @@ class Resources:
                 with contextlib.suppress(Exception):
                     future.result()
             self._groups.clear()
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own command line
+        ["git", *args],  # noqa: S607 - git from PATH, as a developer runs it
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def produce(topic: str, count: int, *extra: str) -> dict[str, Any]:
@@ -172,15 +208,16 @@ class PipelineRun:
 
 
 def start_pipeline(
-    command: list[str], database: DatabaseSettings, workdir: Path, label: str
+    command: list[str], database: DatabaseSettings, workdir: Path, label: str, code: Path = ROOT
 ) -> tuple[subprocess.Popen[bytes], float]:
-    """Start the pipeline under the peak-RSS launcher (see bench/peak_rss.py for why), its
-    output going to files in `workdir`; signals sent to the process reach the pipeline."""
+    """Start the pipeline of the checkout at `code` under the peak-RSS launcher (see
+    bench/peak_rss.py for why), its output going to files in `workdir`; signals sent to the
+    process reach the pipeline."""
     launcher = [PYTHON, "-I", "-S", str(LAUNCHER), str(workdir / f"{label}.rss")]
     with (workdir / f"{label}.out").open("w") as out, (workdir / f"{label}.err").open("w") as err:
         started = time.monotonic()
         process = subprocess.Popen(  # noqa: S603 - our own command line
-            [*launcher, *command], cwd=ROOT, env=child_env(database.name), stdout=out, stderr=err
+            [*launcher, *command], cwd=code, env=child_env(database.name), stdout=out, stderr=err
         )
     return process, started
 
@@ -201,10 +238,10 @@ def finish_pipeline(
 
 
 def run_pipeline(
-    command: list[str], database: DatabaseSettings, workdir: Path, label: str
+    command: list[str], database: DatabaseSettings, workdir: Path, label: str, code: Path = ROOT
 ) -> PipelineRun:
     """Run the pipeline to its end."""
-    process, started = start_pipeline(command, database, workdir, label)
+    process, started = start_pipeline(command, database, workdir, label, code)
     return finish_pipeline(process, started, workdir, label)
 
 

@@ -87,32 +87,47 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+PEERS = "peers"  # a list in the results, each labelled by itself
 _CONTENDERS = (
     ("baseline", "baseline (original design)"),
     ("ours", "ours (kafka_pipeline.py)"),
+    ("ours_at_revision", "ours at {revision}"),
+    (PEERS, ""),
     ("database_ceiling", "ceiling: database (COPY)"),
+    ("database_ceiling_2", "ceiling: database (COPY), 2 conn."),
     ("kafka_ceiling", "ceiling: Kafka (consume)"),
 )
 
 
+def rows_in_order(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, figures) of every contender the run measured, in the table's order."""
+    contenders = result["contenders"]
+    rows: list[tuple[str, Mapping[str, Any]]] = []
+    for key, label in _CONTENDERS:
+        if key == PEERS:
+            rows.extend((peer["label"], peer) for peer in result.get("peers") or [])
+        elif key in contenders:
+            figures = contenders[key]
+            rows.append((label.format(revision=figures.get("revision")), figures))
+    return rows
+
+
 def render(result: Mapping[str, Any]) -> str:
     """The run's figures as one fixed-width table, then the derived figures below it."""
-    contenders = result["contenders"]
-    rows = [["contender", "messages", "seconds", "msg/s", "how"]]
-    for key, label in _CONTENDERS:
-        figures = contenders.get(key)
-        if figures is None:
-            continue
+    rows = [["contender", "messages", "seconds", "msg/s", "peak RSS", "how"]]
+    for label, figures in rows_in_order(result):
+        rss = figures.get("peak_rss_kib")
         rows.append(
             [
                 label,
                 thousands(figures["messages"]),
                 f"{figures['seconds']:.1f}",
                 thousands(figures["messages_per_second"]),
+                mib(rss) if rss else "",
                 figures["how"],
             ]
         )
-    lines = [format_table(rows, [False, True, True, True, False]), ""]
+    lines = [format_table(rows, [False, True, True, True, True, False]), ""]
 
     facts: list[list[str]] = [["figure", "value"]]
     ratios = result["ratios"]
@@ -126,8 +141,21 @@ def render(result: Mapping[str, Any]) -> str:
                 f" (the lower ceiling is {ratios['limiting_ceiling']})",
             ]
         )
-    if "ours" in contenders:
-        facts.append(["peak RSS of ours", mib(contenders["ours"]["peak_rss_kib"])])
+    if ratios.get("ours_over_fastest_peer") is not None:
+        facts.append(
+            [
+                "ours ÷ fastest peer",
+                f"{ratios['ours_over_fastest_peer']:.2f}x (the fastest is"
+                f" {ratios['fastest_peer']})",
+            ]
+        )
+    if ratios.get("ours_over_revision") is not None:
+        facts.append(
+            [
+                f"ours ÷ ours at {result['contenders']['ours_at_revision']['revision']}",
+                f"{ratios['ours_over_revision']:.2f}x",
+            ]
+        )
     freshness = result.get("freshness")
     if freshness:
         facts.append(
