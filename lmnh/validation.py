@@ -49,7 +49,8 @@ def validate_message(message: object) -> tuple[bool, str]:
 
 def validate(raw: object, reference: Reference, now: datetime) -> Outcome:
     """Turn one Kafka value (bytes or str) into a rating, a request or a rejection."""
-    parsed = _parse_json(raw)  # rules 1 to 3
+    canonical = _CANONICAL.fullmatch(raw) if type(raw) is bytes else None
+    parsed = _canonical_object(canonical) if canonical else _parse_json(raw)  # rules 1 to 3
     if isinstance(parsed, Rejection):
         return parsed
     # Rule 4: an object.
@@ -170,6 +171,29 @@ def _parse_json(raw: object) -> Any:
         return Rejection(Reason.INVALID_JSON, "the JSON is nested too deeply")
     except ValueError as error:  # JSONDecodeError, and ints longer than Python will convert
         return Rejection(Reason.INVALID_JSON, _storable(_first_line(str(error))))
+
+
+# The kiosks' own layout, byte for byte (json.dumps' separators, keys in this order, no
+# escapes): such a message is read without the JSON parser, which is most of the cost of
+# validating it. Each group admits only text that JSON reads as itself (a string without
+# quotes or backslashes; an integer without leading zeros), so the object is the one the
+# parser would return; anything else, however close, takes the parser's path.
+_CANONICAL = re.compile(
+    rb'\{"at": "([0-9A-Za-z:.+\-]{1,64})", "site": "([0-9]{1,6})",'
+    rb' "val": (-?(?:0|[1-9][0-9]{0,8}))(?:, "type": (-?(?:0|[1-9][0-9]{0,8})|null))?\}'
+)
+
+
+def _canonical_object(match: re.Match[bytes]) -> dict[str, Any]:
+    at, site, val, kind = match.groups()
+    parsed: dict[str, Any] = {
+        "at": at.decode("ascii"),
+        "site": site.decode("ascii"),
+        "val": int(val),
+    }
+    if kind is not None:
+        parsed["type"] = None if kind == b"null" else int(kind)
+    return parsed
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
