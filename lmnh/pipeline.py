@@ -116,8 +116,8 @@ class _Write:
     """A batch handed to the writer thread, and what to do once it is stored."""
 
     result: Future[WriteResult]
-    messages: list[KafkaMessage]
-    outcomes: list[Outcome]
+    messages: Sequence[KafkaMessage]
+    outcomes: Sequence[Outcome]
     arrived_at: float
 
     @property
@@ -221,7 +221,7 @@ class Pipeline:
             log.warning("the batch in flight is not stored yet; the rebalance goes on without it")
             return
         self._in_flight = None
-        self._finish(write, may_hold=False)  # inside a rebalance callback: no polling
+        self._done(write, self._wait(write, may_hold=False))  # in a rebalance callback: no polls
 
     def load_state(self) -> LoadState:
         """What /health needs of the loop; read from the metrics server's thread."""
@@ -256,13 +256,18 @@ class Pipeline:
             if messages:
                 last_activity = now
                 self._metrics.consumed(len(messages))
-                outcomes = self._validate(messages, datetime.now(UTC))
-            if self._in_flight is not None:
-                self._finish_in_flight()
-                last_activity = max(last_activity, time.monotonic())
+                judged = datetime.now(UTC)
+                outcomes = self._validate(messages, judged)
+                batch = copy_batch(messages, outcomes, self._current_reference(), judged)
+            # The writer waits only while the batch in flight is being stored: the next one is
+            # ready before, and what follows a commit is done after handing it over.
+            stored = self._wait_in_flight()
             if messages:
-                self._in_flight = self._submit(messages, outcomes, now)
-            elif self._idle(source, last_activity, now):
+                self._in_flight = self._submit(batch, now)
+            if stored is not None:
+                self._done(*stored)
+                last_activity = max(last_activity, time.monotonic())
+            if not messages and self._idle(source, last_activity, now):
                 log.info("no message for %.0f s: caught up", options.idle_timeout_s)
                 break
             if now - last_progress >= options.progress_interval_s:
@@ -273,10 +278,14 @@ class Pipeline:
     def _writer_free(self) -> bool:
         return self._in_flight is None or self._in_flight.result.done()
 
-    def _finish_in_flight(self) -> None:
+    def _wait_in_flight(self) -> tuple[_Write, WriteResult] | None:
         write, self._in_flight = self._in_flight, None
-        if write is not None:
-            self._finish(write)
+        return None if write is None else (write, self._wait(write))
+
+    def _finish_in_flight(self) -> None:
+        stored = self._wait_in_flight()
+        if stored is not None:
+            self._done(*stored)
 
     def _give_up(self, *, at_once: bool) -> None:
         """End the batch in flight without waiting for ever: stop its retries, give it a few
@@ -307,11 +316,8 @@ class Pipeline:
             return False
         return now - max(last_activity, source.rebalanced_at) >= timeout
 
-    def _submit(
-        self, messages: list[KafkaMessage], outcomes: list[Outcome], arrived_at: float
-    ) -> _Write:
+    def _submit(self, batch: CopyBatch, arrived_at: float) -> _Write:
         """Hand a validated batch, as COPY text, to the writer thread."""
-        batch = copy_batch(messages, outcomes, self._current_reference(), datetime.now(UTC))
         topic_id = self._source.topic_id
 
         def write(part: CopyBatch) -> WriteResult:
@@ -326,7 +332,7 @@ class Pipeline:
             self._metrics.store_took(committed_at - submitted_at)
             return stored
 
-        return _Write(self._writer.submit(store), messages, outcomes, arrived_at)
+        return _Write(self._writer.submit(store), batch.messages, batch.outcomes, arrived_at)
 
     def _write(self, batch: CopyBatch, write: WriteBatch) -> WriteResult:
         """Store a batch, waiting out an unavailable database. A batch refused for its data is
@@ -360,8 +366,8 @@ class Pipeline:
                 ) from refused
             return result + WriteResult(set_aside=((message, rejection),))
 
-    def _finish(self, write: _Write, *, may_hold: bool = True) -> None:
-        """Wait for a batch's transaction, then commit its offsets to Kafka and log rejects."""
+    def _wait(self, write: _Write, *, may_hold: bool = True) -> WriteResult:
+        """Wait for a batch's transaction, serving the consumer group meanwhile (`may_hold`)."""
         source = self._source
         held = False
         self._finishing = write  # until it is done, also for _give_up after an interruption
@@ -375,7 +381,11 @@ class Pipeline:
         self._finishing = None
         if held:
             source.release()
-        source.commit(write.messages)
+        return result
+
+    def _done(self, write: _Write, result: WriteResult) -> None:
+        """After a batch's transaction: commit its offsets to Kafka and log its rejects."""
+        self._source.commit(write.messages)
         self._stats.add(result, write.size, write.arrived_at)
         self._metrics.stored(result, write.size)
         aside = {id(message) for message, _ in result.set_aside}
