@@ -151,15 +151,18 @@ class KafkaSource:
         batch, self._carry = self._carry[:max_messages], self._carry[max_messages:]
         due = time.monotonic() + max_wait_s if batch else None  # when the batch may go
         while len(batch) < max_messages and not stop.is_set():
+            # consume(n, wait) returns once it has n messages or the wait is over: the first
+            # message is asked for alone, so that it is taken the moment it arrives.
+            wanted = max_messages - len(batch)
             if due is None:
-                wait = _CONSUME_SLICE_S
+                wanted, wait = 1, _CONSUME_SLICE_S
             elif (left := due - time.monotonic()) > 0:
                 wait = min(left, _CONSUME_SLICE_S)
             elif ready():
                 wait = 0.0  # take what is already here, then go
             else:
                 wait = _READY_CHECK_S
-            polled = self._consumer.consume(max_messages - len(batch), wait)
+            polled = self._consumer.consume(wanted, wait)
             batch = self._keep(batch, polled)
             if wait == 0.0:
                 break
