@@ -216,6 +216,7 @@ def _send_live(
 ) -> None:
     """Keep `rate` messages a second on average, each stamped when it is made, so no
     timestamp is ever in the future."""
+    producer.connect(READY_TIMEOUT_S)
     started = time.monotonic()
     sent = 0
     while not stop.is_set() and (count is None or sent < count):

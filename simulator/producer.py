@@ -62,6 +62,14 @@ class AckedProducer(Generic[Label]):
                 f"invalid Kafka producer settings: {error.args[0].str()}", ExitCode.CONFIG
             ) from None
 
+    def connect(self, timeout_s: float) -> None:
+        """Reach the topic's leader and learn its partitions now, not with the first message:
+        a live feed's first messages are then sent when they are stamped."""
+        try:
+            self._producer.list_topics(self.topic, timeout=timeout_s)
+        except KafkaException as error:
+            raise _produce_error(self.topic, error.args[0]) from None
+
     def send(self, value: bytes, label: Label) -> None:
         """Queue one message, waiting (and serving delivery reports) while the queue is full."""
         report = partial(self._delivered, label)
