@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -40,7 +41,9 @@ from bench.local import (
     stored_rows,
 )
 from bench.machine import code_digest, describe, git_state
-from bench.report import Summary, parse_sizes, percentile, rate, render, thousands
+from bench.peers import prepare as prepare_peers
+from bench.peers import run_peers
+from bench.report import Summary, parse_sizes, percentile, rate, ratios, render, thousands
 from lmnh.cli import positive_int, run
 from lmnh.config import DatabaseSettings, Settings
 from lmnh.database import connect
@@ -89,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds of steady production for freshness (default 60)",
     )
     parser.add_argument("--skip-freshness", action="store_true", help="do not measure freshness")
+    parser.add_argument(
+        "--skip-peers",
+        action="store_true",
+        help="do not run the peers (Quix Streams; Kafka Connect with the Debezium JDBC sink)",
+    )
     parser.add_argument(
         "--memory",
         type=_sizes,
@@ -150,9 +158,12 @@ def _bench(args: argparse.Namespace, command: str) -> int:
             "freshness_rate": None if args.skip_freshness else args.freshness_rate,
             "freshness_seconds": None if args.skip_freshness else args.freshness_seconds,
             "memory": args.memory,
+            "peers": not args.skip_peers,
             "copy_chunk": ceilings.COPY_CHUNK,
         },
     }
+    if not args.skip_peers:  # their virtualenv and jars, made before any timing (once)
+        result["peers_prepared"] = asdict(prepare_peers(progress))
     try:
         with tempfile.TemporaryDirectory(prefix="lmnh-bench-") as scratch:
             _run(args, settings, resources, Path(scratch), result, progress)
@@ -275,6 +286,11 @@ def _run(
     resources.drop_database(copy_db)
     resources.drop_database(ours_db)
 
+    result["peers"] = None
+    if not args.skip_peers:
+        peers = run_peers(resources, topic, n, scratch, progress)
+        result["peers"] = [asdict(peer) for peer in peers]
+
     sample = min(args.baseline_sample, n)
     progress(f"baseline: the original design's loader over {thousands(sample)} messages")
     baseline_db = resources.database("baseline")
@@ -310,20 +326,7 @@ def _run(
         )
     resources.drop_database(baseline_db)
 
-    ours_rate = contenders["ours"]["messages_per_second"]
-    ceiling_name, ceiling = min(
-        (("the database", contenders["database_ceiling"]), ("Kafka", contenders["kafka_ceiling"])),
-        key=lambda item: item[1]["messages_per_second"],
-    )
-    result["ratios"] = {
-        "ours_rate": "the pipeline's own msg/s while loading",
-        "ours_over_baseline": round(ours_rate / contenders["baseline"]["messages_per_second"], 2),
-        "ours_over_min_ceiling_percent": round(100 * ours_rate / ceiling["messages_per_second"], 1),
-        "limiting_ceiling": ceiling_name,
-    }
-    if "ours_at_revision" in contenders:
-        before = contenders["ours_at_revision"]["messages_per_second"]
-        result["ratios"]["ours_over_revision"] = round(ours_rate / before, 2)
+    result["ratios"] = ratios(contenders, result["peers"])
 
     result["freshness"] = None
     if not args.skip_freshness:

@@ -104,12 +104,42 @@ def rows_in_order(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any
     contenders = result["contenders"]
     rows: list[tuple[str, Mapping[str, Any]]] = []
     for key, label in _CONTENDERS:
-        if key == PEERS:
-            rows.extend((peer["label"], peer) for peer in result.get("peers") or [])
+        if key == PEERS:  # the table says what each does; the JSON, how it was run too
+            rows.extend(
+                (peer["label"], {**peer, "how": f"{peer['delivery']}; {peer['per_message']}"})
+                for peer in result.get("peers") or []
+            )
         elif key in contenders:
             figures = contenders[key]
             rows.append((label.format(revision=figures.get("revision")), figures))
     return rows
+
+
+def ratios(
+    contenders: Mapping[str, Any], peers: Sequence[Mapping[str, Any]] | None
+) -> dict[str, Any]:
+    """The run's derived figures: ours against the baseline, the lower ceiling (the database's
+    over as many connections as ours writes over, or Kafka's), the fastest peer, and ours at
+    another revision."""
+    ours = contenders["ours"]["messages_per_second"]
+    ceiling_name, ceiling = min(
+        (("the database", contenders["database_ceiling"]), ("Kafka", contenders["kafka_ceiling"])),
+        key=lambda item: item[1]["messages_per_second"],
+    )
+    figures: dict[str, Any] = {
+        "ours_rate": "the pipeline's own msg/s while loading",
+        "ours_over_baseline": round(ours / contenders["baseline"]["messages_per_second"], 2),
+        "ours_over_min_ceiling_percent": round(100 * ours / ceiling["messages_per_second"], 1),
+        "limiting_ceiling": ceiling_name,
+    }
+    if peers:
+        fastest = max(peers, key=lambda peer: peer["messages_per_second"])
+        figures["ours_over_fastest_peer"] = round(ours / fastest["messages_per_second"], 2)
+        figures["fastest_peer"] = fastest["label"]
+    if "ours_at_revision" in contenders:
+        before = contenders["ours_at_revision"]["messages_per_second"]
+        figures["ours_over_revision"] = round(ours / before, 2)
+    return figures
 
 
 def render(result: Mapping[str, Any]) -> str:

@@ -12,7 +12,14 @@ from bench.ceilings import build_chunks
 from bench.freshness import commit_delays
 from bench.local import BenchError
 from bench.original_loader import validate_message
-from bench.report import format_table, parse_sizes, parse_summary, percentile, render
+from bench.report import (
+    format_table,
+    parse_sizes,
+    parse_summary,
+    percentile,
+    ratios,
+    render,
+)
 from lmnh.events import KafkaMessage, RatingEvent, Reason, Rejection, RequestEvent
 from lmnh.museum import Reference
 from lmnh.store import copy_row
@@ -163,6 +170,60 @@ def test_render_shows_every_figure() -> None:
         "100,000: 146.5 MiB",
         "2 cores (AMD EPYC)",
         "Kafka 4.3.1",
+    ):
+        assert expected in text
+
+
+def test_ratios_put_ours_against_each_reference() -> None:
+    figures = result_figures()
+    contenders = figures["contenders"]
+    contenders["ours_at_revision"] = {"messages_per_second": 12_500.0, "revision": "abc1234"}
+    peers = [
+        {"label": "slow peer", "messages_per_second": 10_000.0},
+        {"label": "fast peer", "messages_per_second": 20_000.0},
+    ]
+    derived = ratios(contenders, peers)
+    assert derived["ours_over_baseline"] == 50.0  # 25,000 over 500
+    assert derived["ours_over_min_ceiling_percent"] == 50.0  # of the database's 50,000
+    assert derived["limiting_ceiling"] == "the database"
+    assert derived["ours_over_fastest_peer"] == 1.25
+    assert derived["fastest_peer"] == "fast peer"
+    assert derived["ours_over_revision"] == 2.0
+    assert "ours_over_fastest_peer" not in ratios(contenders, None)
+
+
+def test_render_shows_peers_and_the_revision_compared() -> None:
+    figures = result_figures()
+    figures["contenders"]["ours_at_revision"] = {
+        "messages": 1_000_000,
+        "seconds": 80.0,
+        "messages_per_second": 12_500.0,
+        "how": "x",
+        "revision": "abc1234",
+    }
+    figures["peers"] = [
+        {
+            "label": "Kafka Connect, tuned",
+            "messages": 1_000_000,
+            "seconds": 50.0,
+            "messages_per_second": 20_000.0,
+            "peak_rss_kib": 2_097_152,
+            "how": "y",
+            "delivery": "at least once",
+            "per_message": "one INSERT row",
+        }
+    ]
+    figures["ratios"] = ratios(figures["contenders"], figures["peers"])
+    text = render(figures)
+    for expected in (
+        "ours at abc1234",
+        "12,500",
+        "Kafka Connect, tuned",
+        "2048.0 MiB",
+        "1.25x (the fastest is Kafka Connect, tuned)",
+        "at least once; one INSERT row",
+        "ours ÷ ours at abc1234",
+        "2.00x",
     ):
         assert expected in text
 
