@@ -34,6 +34,7 @@ from bench.local import (
     local_settings,
     pipeline_command,
     produce,
+    query,
     read_topic,
     require_exactly,
     run_pipeline,
@@ -56,7 +57,9 @@ RESULTS = ROOT / "bench" / "results"
 # The pipeline writes over one connection (its writer thread; the other only reads): the
 # ceiling that matches it is COPY over one. Two show what parallel writers could reach.
 OURS_CONNECTIONS = 1
-CEILING_CONNECTIONS = (OURS_CONNECTIONS, 2)
+SCALED_OUT = 2  # processes in one group, each writing over its own connection
+CEILING_CONNECTIONS = (OURS_CONNECTIONS, SCALED_OUT)
+LOADED_POLL_S = 0.02
 JOIN_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 120.0
 
@@ -107,8 +110,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compare",
         metavar="REVISION",
-        help="also run kafka_pipeline.py as it was at this git revision, on its own schema: "
-        "an A/B in the same run",
+        nargs="+",
+        default=[],
+        help="also run kafka_pipeline.py as it was at each of these git revisions, each on "
+        "its own schema: A/Bs in the same run",
     )
     parser.add_argument(
         "--results-dir", type=Path, default=RESULTS, help="where the JSON goes (bench/results)"
@@ -232,16 +237,19 @@ def _run(
     ours_db = resources.database("ours")
     contenders["ours"] = _ours(resources, scratch, topic, report, ours_db, "ours", ROOT)
     progress(f"  {_rate_line(contenders['ours'])}; rows verified")
-    if args.compare:
-        progress(f"ours at {args.compare}: its kafka_pipeline.py on its own schema")
-        code, commit = resources.checkout(args.compare, scratch)
-        database = resources.database("compare", code)
-        contenders["ours_at_revision"] = {
-            **_ours(resources, scratch, topic, report, database, "compare", code),
-            "revision": args.compare,
-            "commit": commit,
-        }
-        progress(f"  {_rate_line(contenders['ours_at_revision'])}; rows verified")
+    progress(f"ours, {SCALED_OUT} processes in one group (scaling out, docs/operations.md)")
+    contenders["ours_scaled_out"] = _ours_scaled_out(resources, scratch, topic, report)
+    progress(f"  {_rate_line(contenders['ours_scaled_out'])}; rows verified")
+    result["compared"] = []
+    for revision in args.compare:
+        progress(f"ours at {revision}: its kafka_pipeline.py on its own schema")
+        code, commit = resources.checkout(revision, scratch)
+        label = f"compare{len(result['compared'])}"
+        database = resources.database(label, code)
+        figures = _ours(resources, scratch, topic, report, database, label, code)
+        result["compared"].append({**figures, "revision": revision, "commit": commit})
+        progress(f"  {_rate_line(figures)}; rows verified")
+        resources.drop_database(database)
         resources.drop_database(database)
 
     progress("database ceiling: reading the topic back and building the COPY text (not timed)")
@@ -326,7 +334,7 @@ def _run(
         )
     resources.drop_database(baseline_db)
 
-    result["ratios"] = ratios(contenders, result["peers"])
+    result["ratios"] = ratios(contenders, result["peers"], result["compared"])
 
     result["freshness"] = None
     if not args.skip_freshness:
@@ -483,6 +491,85 @@ def _ours(
         "peak_rss_kib": run.max_rss_kib,
         "connections": OURS_CONNECTIONS,
         "summary": run.stdout.strip().splitlines()[-1],
+    }
+
+
+def _ours_scaled_out(
+    resources: Resources, scratch: Path, topic: str, report: dict[str, Any]
+) -> dict[str, Any]:
+    """`SCALED_OUT` kafka_pipeline.py processes in one group over every message, as the
+    operations guide scales out. Timed as they run for hours: from the moment every one of
+    them holds its share of the partitions (the first to join starts alone, and the group
+    rebalances when the next joins) to the commit that completes the topic, by polling the
+    offsets the database holds; the messages counted are those loaded in that span."""
+    n = report["sent"]
+    database = resources.database("scaled")
+    group = resources.group("scaled")
+    resources.checkpoint()
+    load = os.getloadavg()
+    labels = [f"scaled{i}" for i in range(SCALED_OUT)]
+    started = [
+        start_pipeline(
+            pipeline_command(
+                topic,
+                group,
+                scratch / f"{label}-invalid.log",
+                "--limit",
+                str(n),
+                "--idle-timeout",
+                "5",
+            ),
+            database,
+            scratch,
+            label,
+        )
+        for label in labels
+    ]
+    logs = [scratch / f"{label}.err" for label in labels]
+
+    def all_hold_a_share() -> bool:
+        texts = [log.read_text(encoding="utf-8", errors="replace") for log in logs]
+        return all(t.rfind("source: assigned") > t.rfind("source: revoked") for t in texts)
+
+    shared: tuple[float, int] | None = None  # when all held a share, and what was loaded then
+    loaded = 0
+    while loaded < n:
+        if all(process.poll() is not None for process, _ in started):
+            raise BenchError(f"scaled out: the processes ended with {loaded} of {n} loaded")
+        loaded = int(
+            query(database, "SELECT coalesce(sum(next_offset), 0) FROM kafka_offset")[0][0]
+        )
+        if shared is None and all_hold_a_share():
+            shared = (time.monotonic(), loaded)
+        time.sleep(LOADED_POLL_S)
+    if shared is None or shared[1] >= n:
+        raise BenchError("scaled out: the topic was loaded before every process held a share")
+    seconds = time.monotonic() - shared[0]
+    runs = [
+        finish_pipeline(process, at, scratch, label)
+        for (process, at), label in zip(started, labels, strict=True)
+    ]
+    for done, label in zip(runs, labels, strict=True):
+        if done.exit_code != 0:
+            raise BenchError(
+                f"{label}: kafka_pipeline.py exited {done.exit_code}: {done.stderr[-2000:]}"
+            )
+    consumed = sum(done.summary.consumed if done.summary else 0 for done in runs)
+    if consumed != n:
+        raise BenchError(f"scaled out: {consumed} consumed for {n} messages")
+    require_exactly(database, report, "scaled out")
+    resources.drop_database(database)
+    return {
+        **_figures(
+            n - shared[1],
+            seconds,
+            f"{SCALED_OUT} processes in one group, once each held its share, to the last commit"
+            f" (polls of kafka_offset every {LOADED_POLL_S * 1000:.0f} ms); RSS summed",
+            load,
+        ),
+        "peak_rss_kib": sum(done.max_rss_kib for done in runs),
+        "connections": SCALED_OUT,
+        "shares": [done.summary.consumed if done.summary else 0 for done in runs],
     }
 
 

@@ -87,11 +87,14 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
-PEERS = "peers"  # a list in the results, each labelled by itself
+# Lists in the results, each item labelled by itself.
+PEERS = "peers"
+COMPARED = "compared"
 _CONTENDERS = (
     ("baseline", "baseline (original design)"),
     ("ours", "ours (kafka_pipeline.py)"),
-    ("ours_at_revision", "ours at {revision}"),
+    ("ours_scaled_out", "ours, 2 processes in one group"),
+    (COMPARED, ""),
     (PEERS, ""),
     ("database_ceiling", "ceiling: database (COPY)"),
     ("database_ceiling_2", "ceiling: database (COPY), 2 conn."),
@@ -109,18 +112,21 @@ def rows_in_order(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any
                 (peer["label"], {**peer, "how": f"{peer['delivery']}; {peer['per_message']}"})
                 for peer in result.get("peers") or []
             )
+        elif key == COMPARED:
+            rows.extend((f"ours at {ours['revision']}", ours) for ours in result.get(key) or [])
         elif key in contenders:
-            figures = contenders[key]
-            rows.append((label.format(revision=figures.get("revision")), figures))
+            rows.append((label, contenders[key]))
     return rows
 
 
 def ratios(
-    contenders: Mapping[str, Any], peers: Sequence[Mapping[str, Any]] | None
+    contenders: Mapping[str, Any],
+    peers: Sequence[Mapping[str, Any]] | None,
+    compared: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The run's derived figures: ours against the baseline, the lower ceiling (the database's
     over as many connections as ours writes over, or Kafka's), the fastest peer, and ours at
-    another revision."""
+    other revisions."""
     ours = contenders["ours"]["messages_per_second"]
     ceiling_name, ceiling = min(
         (("the database", contenders["database_ceiling"]), ("Kafka", contenders["kafka_ceiling"])),
@@ -132,13 +138,27 @@ def ratios(
         "ours_over_min_ceiling_percent": round(100 * ours / ceiling["messages_per_second"], 1),
         "limiting_ceiling": ceiling_name,
     }
+    scaled = contenders.get("ours_scaled_out")
+    if scaled and "database_ceiling_2" in contenders:
+        figures["scaled_out_over_ceiling_2_percent"] = round(
+            100
+            * scaled["messages_per_second"]
+            / contenders["database_ceiling_2"]["messages_per_second"],
+            1,
+        )
     if peers:
         fastest = max(peers, key=lambda peer: peer["messages_per_second"])
         figures["ours_over_fastest_peer"] = round(ours / fastest["messages_per_second"], 2)
         figures["fastest_peer"] = fastest["label"]
-    if "ours_at_revision" in contenders:
-        before = contenders["ours_at_revision"]["messages_per_second"]
-        figures["ours_over_revision"] = round(ours / before, 2)
+        if scaled:
+            figures["scaled_out_over_fastest_peer"] = round(
+                scaled["messages_per_second"] / fastest["messages_per_second"], 2
+            )
+    if compared:
+        figures["ours_over_revision"] = {
+            before["revision"]: round(ours / before["messages_per_second"], 2)
+            for before in compared
+        }
     return figures
 
 
@@ -179,13 +199,19 @@ def render(result: Mapping[str, Any]) -> str:
                 f" {ratios['fastest_peer']})",
             ]
         )
-    if ratios.get("ours_over_revision") is not None:
+    if ratios.get("scaled_out_over_fastest_peer") is not None:
+        facts.append(
+            ["ours, 2 processes ÷ fastest peer", f"{ratios['scaled_out_over_fastest_peer']:.2f}x"]
+        )
+    if ratios.get("scaled_out_over_ceiling_2_percent") is not None:
         facts.append(
             [
-                f"ours ÷ ours at {result['contenders']['ours_at_revision']['revision']}",
-                f"{ratios['ours_over_revision']:.2f}x",
+                "ours, 2 processes ÷ COPY ceiling, 2 conn.",
+                f"{ratios['scaled_out_over_ceiling_2_percent']:.1f}%",
             ]
         )
+    for revision, ratio in (ratios.get("ours_over_revision") or {}).items():
+        facts.append([f"ours ÷ ours at {revision}", f"{ratio:.2f}x"])
     freshness = result.get("freshness")
     if freshness:
         facts.append(

@@ -177,30 +177,45 @@ def test_render_shows_every_figure() -> None:
 def test_ratios_put_ours_against_each_reference() -> None:
     figures = result_figures()
     contenders = figures["contenders"]
-    contenders["ours_at_revision"] = {"messages_per_second": 12_500.0, "revision": "abc1234"}
+    compared = [
+        {"messages_per_second": 12_500.0, "revision": "abc1234"},
+        {"messages_per_second": 20_000.0, "revision": "def5678"},
+    ]
     peers = [
         {"label": "slow peer", "messages_per_second": 10_000.0},
         {"label": "fast peer", "messages_per_second": 20_000.0},
     ]
-    derived = ratios(contenders, peers)
+    derived = ratios(contenders, peers, compared)
     assert derived["ours_over_baseline"] == 50.0  # 25,000 over 500
     assert derived["ours_over_min_ceiling_percent"] == 50.0  # of the database's 50,000
     assert derived["limiting_ceiling"] == "the database"
     assert derived["ours_over_fastest_peer"] == 1.25
     assert derived["fastest_peer"] == "fast peer"
-    assert derived["ours_over_revision"] == 2.0
+    assert derived["ours_over_revision"] == {"abc1234": 2.0, "def5678": 1.25}
     assert "ours_over_fastest_peer" not in ratios(contenders, None)
+
+
+def test_ratios_put_two_processes_against_two_connections() -> None:
+    contenders = result_figures()["contenders"]
+    contenders["ours_scaled_out"] = {"messages_per_second": 30_000.0}
+    contenders["database_ceiling_2"] = {"messages_per_second": 60_000.0}
+    derived = ratios(contenders, [{"label": "peer", "messages_per_second": 24_000.0}])
+    assert derived["scaled_out_over_ceiling_2_percent"] == 50.0
+    assert derived["scaled_out_over_fastest_peer"] == 1.25
+    assert derived["ours_over_min_ceiling_percent"] == 50.0  # one process, one connection
 
 
 def test_render_shows_peers_and_the_revision_compared() -> None:
     figures = result_figures()
-    figures["contenders"]["ours_at_revision"] = {
-        "messages": 1_000_000,
-        "seconds": 80.0,
-        "messages_per_second": 12_500.0,
-        "how": "x",
-        "revision": "abc1234",
-    }
+    figures["compared"] = [
+        {
+            "messages": 1_000_000,
+            "seconds": 80.0,
+            "messages_per_second": 12_500.0,
+            "how": "x",
+            "revision": "abc1234",
+        }
+    ]
     figures["peers"] = [
         {
             "label": "Kafka Connect, tuned",
@@ -213,7 +228,7 @@ def test_render_shows_peers_and_the_revision_compared() -> None:
             "per_message": "one INSERT row",
         }
     ]
-    figures["ratios"] = ratios(figures["contenders"], figures["peers"])
+    figures["ratios"] = ratios(figures["contenders"], figures["peers"], figures["compared"])
     text = render(figures)
     for expected in (
         "ours at abc1234",
