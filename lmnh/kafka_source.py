@@ -21,8 +21,9 @@ from lmnh.kafka_admin import admin_client, client_config, topic_id, wait_until_r
 
 log = logging.getLogger(__name__)
 
-# The slice of one consume() call: confluent-kafka >= 2.13 returns as soon as a 200 ms slice
-# yields anything, so batches are accumulated here until full or out of time.
+# The longest wait of one consume() call, so that a stop is seen within it. confluent-kafka
+# >= 2.13 waits in slices of 200 ms and returns at the end of the first that yields anything,
+# or once it has all it was asked for.
 _CONSUME_SLICE_S = 0.2
 # While a batch waits for the writer, how often it checks that the writer is free.
 _READY_CHECK_S = 0.002
@@ -151,8 +152,8 @@ class KafkaSource:
         batch, self._carry = self._carry[:max_messages], self._carry[max_messages:]
         due = time.monotonic() + max_wait_s if batch else None  # when the batch may go
         while len(batch) < max_messages and not stop.is_set():
-            # consume(n, wait) returns once it has n messages or the wait is over: the first
-            # message is asked for alone, so that it is taken the moment it arrives.
+            # The first message is asked for alone, so that it is taken the moment it
+            # arrives rather than at the end of the slice it arrived in.
             wanted = max_messages - len(batch)
             if due is None:
                 wanted, wait = 1, _CONSUME_SLICE_S
