@@ -28,6 +28,7 @@ from bench.local import (
     ROOT,
     BenchError,
     PipelineRun,
+    Progress,
     Resources,
     fingerprint,
     finish_pipeline,
@@ -128,17 +129,6 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-class Progress:
-    """Timestamped progress lines, so a long run shows where it is."""
-
-    def __init__(self) -> None:
-        self._started = time.monotonic()
-
-    def __call__(self, text: str) -> None:
-        elapsed = int(time.monotonic() - self._started)
-        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])
@@ -196,7 +186,7 @@ def _run(
     resources: Resources,
     scratch: Path,
     result: dict[str, Any],
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> None:
     n: int = args.n
     memory_sizes: list[int] = args.memory
@@ -378,7 +368,7 @@ def _freshness(
     args: argparse.Namespace,
     resources: Resources,
     scratch: Path,
-    progress: Callable[[str], None],
+    progress: Progress,
 ) -> dict[str, Any]:
     """Start the pipeline in --follow mode, produce at a steady rate, and time each message
     from production (its Kafka CreateTime) to the commit of its row."""

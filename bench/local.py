@@ -59,6 +59,17 @@ def child_env(database: str | None = None) -> dict[str, str]:
     return env
 
 
+class Progress:
+    """Timestamped progress lines, so a long run shows where it is."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self._started)
+        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
+
+
 class Resources:
     """Creates fresh databases, topics and group names for one run, and removes them all."""
 

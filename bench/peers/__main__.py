@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from bench.local import Resources, local_settings, produce
+from bench.local import Progress, Resources, local_settings, produce
 from bench.peers.harness import PeerResult
 from bench.peers.run import prepare, run_peers
 from bench.report import format_table, mib, thousands
@@ -43,17 +43,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " yet (default: a temporary folder, removed at the end)",
     )
     return parser.parse_args(argv)
-
-
-class Progress:
-    """Timestamped progress lines, so a long run shows where it is."""
-
-    def __init__(self) -> None:
-        self._started = time.monotonic()
-
-    def __call__(self, text: str) -> None:
-        elapsed = int(time.monotonic() - self._started)
-        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

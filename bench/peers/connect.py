@@ -18,12 +18,11 @@ from pathlib import Path
 from confluent_kafka import KafkaError, Message, Producer
 from psycopg2 import sql
 
-from bench.local import BenchError, child_env, read_topic
+from bench.local import BenchError, Progress, child_env, read_topic
 from bench.peers.harness import (
     Description,
     PeerProcess,
     PeerResult,
-    Progress,
     Stage,
     result,
     run_and_time,

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,8 +27,6 @@ RUN_TIMEOUT_S = 600.0  # from the peer's start to its last row
 STALL_S = 60.0  # a peer whose row count stays the same this long has stopped loading
 STOP_TIMEOUT_S = 60.0  # from SIGTERM to exit, before SIGKILL
 LOG_TAIL_CHARS = 2000
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)

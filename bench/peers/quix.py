@@ -14,12 +14,11 @@ from pathlib import Path
 
 from psycopg2 import sql
 
-from bench.local import PYTHON, BenchError, child_env
+from bench.local import PYTHON, BenchError, Progress, child_env
 from bench.peers.harness import (
     Description,
     PeerProcess,
     PeerResult,
-    Progress,
     Stage,
     result,
     run_and_time,

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.local import BenchError, Resources
+from bench.local import BenchError, Progress, Resources
 from bench.peers import connect, quix
-from bench.peers.harness import PeerDatabases, PeerResult, Progress, Stage
+from bench.peers.harness import PeerDatabases, PeerResult, Stage
 from bench.peers.records import Tally
 
 
