@@ -165,6 +165,9 @@ class KafkaSource:
                 wait = _READY_CHECK_S
             polled = self._consumer.consume(wanted, wait)
             batch = self._keep(batch, polled)
+            # Also while a batch waits here for a writer that is held up (a locked table).
+            if time.monotonic() >= self._lag_due:
+                self._measure_lag(fresh=False)
             if wait == 0.0:
                 break
             if due is None:
@@ -172,8 +175,6 @@ class KafkaSource:
                     due = time.monotonic() + max_wait_s
                 elif not polled:
                     break  # an idle slice: let the caller look at the clock and the stop flag
-        if time.monotonic() >= self._lag_due:
-            self._measure_lag(fresh=False)
         if batch:
             try:
                 self._confirm_topic()

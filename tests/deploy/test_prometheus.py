@@ -221,10 +221,13 @@ def assert_prometheus_sees(
     database holds), the consumer's gauges say caught up, and every rule evaluates."""
     consumed = "sum(lmnh_pipeline_messages_consumed_total)"
     wait_until(lambda: prometheus.value(consumed) == sent, 20, "Prometheus scraped it all")
-    assert prometheus.by("kind", STORED) == {
+    # A batch is counted as stored once the loop has handed over the next (or found none),
+    # a moment after its commit: a scrape may fall in between.
+    stored = {
         "rating": sum(expected["ratings"].values()),
         "request": sum(expected["requests"].values()),
     }
+    wait_until(lambda: prometheus.by("kind", STORED) == stored, 10, "Prometheus sees it stored")
     rejected = prometheus.by("reason", "lmnh_pipeline_messages_rejected_total")
     assert {code: n for code, n in rejected.items() if n} == expected["rejected"]
     assert prometheus.value("lmnh_pipeline_batch_size_messages_sum") == sent
