@@ -1,6 +1,6 @@
-"""`python -m bench`: the pipeline against the original design and against the machine's
-ceilings, on the local stack, in one run. Prints one table and writes the same figures as
-JSON under bench/results/.
+"""`python -m bench`: the pipeline against the original design, the peers a user would pick
+instead and the machine's ceilings, on the local stack, in one run. Prints one table and
+writes the same figures as JSON under bench/results/.
 
 Exit codes: 0 done, 1 a contender gave a wrong result or the run failed, 2 usage, 3 the local
 stack is not running (`python -m stack up`).
@@ -69,10 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark kafka_pipeline.py on the local stack (`python -m stack up`): "
-        "against the original design's row-at-a-time loader, against PostgreSQL COPY and "
-        "a do-nothing Kafka consumer, its freshness at a steady rate and its memory by run "
-        "size. Every contender gets its own topic reads, database and consumer group; all are "
-        "removed at the end. Figures are only comparable within one run.",
+        "against the original design's row-at-a-time loader, Quix Streams and Kafka Connect "
+        "with the Debezium JDBC sink, PostgreSQL COPY and a do-nothing Kafka consumer; its "
+        "freshness at a steady rate and its memory by run size. Every contender gets its own "
+        "topic reads, database and consumer group; all are removed at the end. Figures are "
+        "only comparable within one run.",
     )
     parser.add_argument(
         "--n", type=positive_int, default=1_000_000, help="messages produced (default 1000000)"
