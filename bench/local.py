@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -89,11 +89,14 @@ class Resources:
         self._groups.append(group)
         return group
 
-    def database(self, kind: str, code: Path = ROOT) -> DatabaseSettings:
+    def database(self, kind: str, code: Path = ROOT, *, schema: bool = True) -> DatabaseSettings:
         """A new database with the schema of the project checked out at `code` applied, as
-        its `python -m stack schema` makes it (this checkout's, unless told)."""
+        its `python -m stack schema` makes it (this checkout's, unless told); bare, for a
+        peer that makes its own table, unless `schema`."""
         name = self.name(kind)
-        if code == ROOT:
+        if not schema:
+            database = create_database(self.settings.database, name, schema=False)
+        elif code == ROOT:
             database = create_database(self.settings.database, name, extensions=[VIEWS_FILE])
         else:
             database = create_database(self.settings.database, name, schema=False)
@@ -224,13 +227,21 @@ def start_pipeline(
     """Start the pipeline of the checkout at `code` under the peak-RSS launcher (see
     bench/peak_rss.py for why), its output going to files in `workdir`; signals sent to the
     process reach the pipeline."""
-    launcher = [PYTHON, "-I", "-S", str(LAUNCHER), str(workdir / f"{label}.rss")]
     with (workdir / f"{label}.out").open("w") as out, (workdir / f"{label}.err").open("w") as err:
         started = time.monotonic()
         process = subprocess.Popen(  # noqa: S603 - our own command line
-            [*launcher, *command], cwd=code, env=child_env(database.name), stdout=out, stderr=err
+            under_peak_rss(command, workdir / f"{label}.rss"),
+            cwd=code,
+            env=child_env(database.name),
+            stdout=out,
+            stderr=err,
         )
     return process, started
+
+
+def under_peak_rss(command: Sequence[str], report: Path) -> list[str]:
+    """`command` run by the peak-RSS launcher, which writes its peak RSS to `report`."""
+    return [PYTHON, "-I", "-S", str(LAUNCHER), str(report), *command]
 
 
 def finish_pipeline(
@@ -290,7 +301,9 @@ def read_topic(kafka: KafkaSettings, topic: str, group: str) -> Iterator[KafkaMe
         consumer.close()
 
 
-def query(database: DatabaseSettings, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+def query(
+    database: DatabaseSettings, statement: str | sql.Composable, params: tuple[Any, ...] = ()
+) -> list[Any]:
     conn = connect(database)
     try:
         with conn, conn.cursor() as cur:

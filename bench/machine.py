@@ -5,16 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import confluent_kafka
 import psycopg2
 
 from bench.local import ROOT, query
 from lmnh.config import DatabaseSettings
+
+_POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 
 _ENTRY_POINTS = ("kafka_pipeline.py", "kiosk_simulator.py", "dashboard/views.sql")
 
@@ -105,6 +107,17 @@ def _memory_kib() -> int:
 
 def _kafka_version() -> str:
     """The broker version the local stack pins (stack/pom.xml); it runs exactly that."""
-    pom = (ROOT / "stack" / "pom.xml").read_text(encoding="utf-8")
-    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom)
-    return match[1] if match else "unknown"
+    try:
+        return kafka_version((ROOT / "stack" / "pom.xml").read_text(encoding="utf-8"))
+    except ValueError:
+        return "unknown"
+
+
+def kafka_version(pom: str) -> str:
+    """The `kafka.version` property of a POM: the broker's version, which the benchmark's
+    Kafka Connect worker runs too."""
+    root = ElementTree.fromstring(pom)  # noqa: S314 - the project's own POM
+    version = root.findtext("m:properties/m:kafka.version", namespaces=_POM_NS)
+    if not version or not version.strip():
+        raise ValueError("the POM has no kafka.version property")
+    return version.strip()

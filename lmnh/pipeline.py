@@ -116,13 +116,12 @@ class _Write:
     """A batch handed to the writer thread, and what to do once it is stored."""
 
     result: Future[WriteResult]
-    messages: Sequence[KafkaMessage]
-    outcomes: Sequence[Outcome]
+    batch: CopyBatch
     arrived_at: float
 
     @property
     def size(self) -> int:
-        return len(self.messages)
+        return len(self.batch.messages)
 
 
 class _Worker:
@@ -332,7 +331,7 @@ class Pipeline:
             self._metrics.store_took(committed_at - submitted_at)
             return stored
 
-        return _Write(self._writer.submit(store), batch.messages, batch.outcomes, arrived_at)
+        return _Write(self._writer.submit(store), batch, arrived_at)
 
     def _write(self, batch: CopyBatch, write: WriteBatch) -> WriteResult:
         """Store a batch, waiting out an unavailable database. A batch refused for its data is
@@ -385,13 +384,14 @@ class Pipeline:
 
     def _done(self, write: _Write, result: WriteResult) -> None:
         """After a batch's transaction: commit its offsets to Kafka and log its rejects."""
-        self._source.commit(write.messages)
+        batch = write.batch
+        self._source.commit(batch.messages)
         self._stats.add(result, write.size, write.arrived_at)
         self._metrics.stored(result, write.size)
         aside = {id(message) for message, _ in result.set_aside}
         rejected = [
             (message, outcome)
-            for message, outcome in zip(write.messages, write.outcomes, strict=True)
+            for message, outcome in zip(batch.messages, batch.outcomes, strict=True)
             if isinstance(outcome, Rejection) and id(message) not in aside
         ]
         rejected.extend(result.set_aside)

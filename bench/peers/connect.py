@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from psycopg2 import sql
 
 from bench.local import BenchError, Progress, child_env, read_topic
+from bench.machine import kafka_version
 from bench.peers.harness import (
     Description,
     PeerProcess,
@@ -30,16 +31,16 @@ from bench.peers.harness import (
 from bench.peers.records import (
     FLAG_HEADER,
     TABLE,
+    TUNED,
     Tally,
     connector_properties,
     digest,
     envelope,
     java_properties,
-    kafka_version,
     worker_properties,
 )
 from lmnh.config import DatabaseSettings, KafkaSettings
-from lmnh.database import connect
+from lmnh.database import execute_outside_transaction
 from lmnh.kafka_admin import client_config
 from stack import STACK_DIR
 from stack.kafka_broker import COPY_DEPENDENCIES
@@ -190,12 +191,7 @@ def create_table(database: DatabaseSettings) -> None:
     statement = sql.SQL(
         "CREATE TABLE {} ({} text NOT NULL, {} text NOT NULL, {} bigint NOT NULL, {} bigint)"
     ).format(*(sql.Identifier(name) for name in (TABLE, "at", "site", "val", "type")))
-    conn = connect(database, application_name="lmnh-bench-peers")
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
+    execute_outside_transaction(database, statement)
 
 
 def run_connect(stage: Stage, topic: str, *, tuned: bool) -> PeerResult:
@@ -224,11 +220,8 @@ def run_connect(stage: Stage, topic: str, *, tuned: bool) -> PeerResult:
     command += ["-cp", f"{LIBS}/*", MAIN_CLASS, str(worker), str(connector)]
     process = PeerProcess(command, child_env(), workdir, stage.scratch, key)
     timed = run_and_time(process, stage, TABLE)
-    tuning = (
-        "batch.size=10000, consumer max.poll.records=10000, reWriteBatchedInserts; "
-        if tuned
-        else ""
-    )
+    tuning = "".join(f"{key}={value}, " for key, value in TUNED.items()) if tuned else ""
+    tuning += "reWriteBatchedInserts=true in the JDBC URL; " if tuned else ""
     heap = " ".join(JVM_OPTIONS[:2])
     return result(
         timed,

@@ -1,5 +1,5 @@
-"""What every peer's run shares: a bare database of its own, its process under the peak-RSS
-launcher, the watch on its table that times it, and the figures it returns."""
+"""What every peer's run shares: its process under the peak-RSS launcher, the watch on its
+table that times it, and the figures it returns."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from types import TracebackType
 
 from psycopg2 import sql
 
-from bench.local import LAUNCHER, PYTHON, BenchError, Resources
+from bench.local import BenchError, Resources, query, under_peak_rss
 from bench.peers.records import Tally
 from bench.report import rate
 from lmnh.config import DatabaseSettings
-from lmnh.database import connect, create_database, drop_database
-from lmnh.errors import PipelineError
+from lmnh.database import connect
 
 POLL_S = 0.2  # between the end of one poll of a peer's table and the start of the next
 RUN_TIMEOUT_S = 600.0  # from the peer's start to its last row
@@ -52,47 +51,6 @@ class PeerResult:
     lost_request_types: int | None = None  # request rows stored without their type
 
 
-class PeerDatabases:
-    """Bare databases (no project schema: a peer makes its own one table), removed by
-    `close()`. Resources.database always applies the project's schema, so these are kept
-    here rather than in Resources."""
-
-    def __init__(self, resources: Resources) -> None:
-        self._resources = resources
-        self._names: list[str] = []
-
-    def create(self, kind: str) -> DatabaseSettings:
-        name = self._resources.name(kind)
-        self._names.append(name)
-        return create_database(self._resources.settings.database, name, schema=False)
-
-    def drop(self, database: DatabaseSettings) -> None:
-        drop_database(self._resources.settings.database, database.name)
-        if database.name in self._names:
-            self._names.remove(database.name)
-
-    def close(self) -> None:
-        for name in list(self._names):
-            drop_database(self._resources.settings.database, name)
-            self._names.remove(name)
-
-    def __enter__(self) -> PeerDatabases:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if error is None:
-            self.close()
-            return
-        # A failure of the server itself would fail the cleanup too: report the first.
-        with contextlib.suppress(PipelineError):
-            self.close()
-
-
 @dataclass(frozen=True, slots=True)
 class Watched:
     """When a peer's rows showed up, by the polls of its table."""
@@ -118,11 +76,10 @@ class PeerProcess:
         self.label = label
         self.log = workdir / f"{label}.log"
         self._rss = workdir / f"{label}.rss"
-        launcher = [PYTHON, "-I", "-S", str(LAUNCHER), str(self._rss)]
         with self.log.open("wb") as log:
             self.started = time.monotonic()
             self._process = subprocess.Popen(  # noqa: S603 - the benchmark's own command line
-                [*launcher, *command],
+                under_peak_rss(command, self._rss),
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
@@ -279,16 +236,10 @@ def _scalar(row: tuple[object, ...] | None) -> int:
 
 def table_rows(database: DatabaseSettings, table: str, condition: sql.Composable | None) -> int:
     """Rows of `table`, or those meeting `condition`."""
-    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+    count = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
     if condition is not None:
-        query = sql.SQL("{} WHERE {}").format(query, condition)
-    conn = connect(database, application_name="lmnh-bench-peer-count")
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query)
-            return _scalar(cur.fetchone())
-    finally:
-        conn.close()
+        count = sql.SQL("{} WHERE {}").format(count, condition)
+    return _scalar(query(database, count)[0])
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from psycopg2 import sql
 
-from bench.local import PYTHON, BenchError, Progress, child_env
+from bench.local import PYTHON, BenchError, Progress, child_env, query
 from bench.peers.harness import (
     Description,
     PeerProcess,
@@ -24,9 +24,9 @@ from bench.peers.harness import (
     run_and_time,
     table_rows,
 )
-from bench.peers.records import REQUEST_MARKER, TABLE, digest
+from bench.peers.records import TABLE, digest
 from lmnh.config import DatabaseSettings
-from lmnh.database import connect
+from lmnh.validation import REQUEST_MARKER
 from stack import STACK_DIR
 
 HERE = Path(__file__).resolve().parent
@@ -128,18 +128,13 @@ def run_quix(stage: Stage, topic: str) -> PeerResult:
 def typed_requests(database: DatabaseSettings) -> int:
     """Request rows that kept their type. The sink adds a column only once a batch holds a
     value for it, so the column may be missing altogether."""
-    conn = connect(database, application_name="lmnh-bench-peers")
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FROM information_schema.columns"
-                " WHERE table_name = %s AND column_name = 'type'",
-                (TABLE,),
-            )
-            row = cur.fetchone()
-    finally:
-        conn.close()
-    if row is None or row[0] == 0:
+    [(columns,)] = query(
+        database,
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = %s AND column_name = 'type'",
+        (TABLE,),
+    )
+    if columns == 0:
         return 0
     condition = sql.SQL("{} = {} AND {} IS NOT NULL").format(
         sql.Identifier("val"), sql.Literal(REQUEST_MARKER), sql.Identifier("type")

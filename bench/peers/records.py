@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
-from xml.etree import ElementTree
 
 from bench.peers.quix_app import shape_ok
 from lmnh.config import DatabaseSettings
+from lmnh.validation import REQUEST_MARKER
 
 __all__ = [
     "CONNECTOR_CLASS",
@@ -27,7 +27,6 @@ __all__ = [
     "envelope",
     "java_properties",
     "jdbc_url",
-    "kafka_version",
     "shape_ok",
     "worker_properties",
 ]
@@ -39,7 +38,6 @@ CONNECTOR_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
 # The tuned run's changes to the connector's defaults; pgjdbc's reWriteBatchedInserts goes
 # in the JDBC URL (`jdbc_url(..., tuned=True)`).
 TUNED = {"batch.size": "10000", "consumer.override.max.poll.records": "10000"}
-REQUEST_MARKER = -1  # `val` of a request; its kind is in `type`
 
 # The Connect schema of a stored kiosk message: the columns of TABLE.
 _KIOSK_SCHEMA: dict[str, Any] = {
@@ -56,7 +54,6 @@ _KIOSK_SCHEMA: dict[str, Any] = {
 # A misshapen message travels as its own text, so that the converter accepts it before the
 # Filter drops it, as it would a flagged record in a real pipeline.
 _TEXT_SCHEMA = {"type": "string", "optional": True}
-_POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,15 +210,6 @@ def connector_properties(
     if tuned:
         properties.update(TUNED)
     return properties
-
-
-def kafka_version(pom: str) -> str:
-    """The `kafka.version` property of a POM: the Connect worker runs the broker's version."""
-    root = ElementTree.fromstring(pom)  # noqa: S314 - the project's own POM
-    version = root.findtext("m:properties/m:kafka.version", namespaces=_POM_NS)
-    if not version or not version.strip():
-        raise ValueError("the POM has no kafka.version property")
-    return version.strip()
 
 
 def digest(*parts: bytes) -> str:

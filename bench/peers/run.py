@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.local import BenchError, Progress, Resources
 from bench.peers import connect, quix
-from bench.peers.harness import PeerDatabases, PeerResult, Stage
+from bench.peers.harness import PeerResult, Stage
 from bench.peers.records import Tally
 
 
@@ -41,31 +41,29 @@ def run_peers(
     resources: Resources, topic: str, n: int, scratch: Path, progress: Progress
 ) -> list[PeerResult]:
     """Quix Streams, then Kafka Connect at its defaults, then tuned, over the `n` messages
-    of `topic`, on `resources.settings`' broker and database server. Their extra topic and
-    consumer groups are registered with `resources`, for its close(); their databases are
-    removed here, each once its figures are taken, or on failure."""
-    prepare(progress)
+    of `topic`, on `resources.settings`' broker and database server, once `prepare` has made
+    their tools. Their topic, groups and databases are made by `resources`, which removes
+    them in its close(); each database is dropped as soon as its figures are taken."""
     enveloped, tally = _reproduce(resources, topic, n, progress)
     results = []
-    with PeerDatabases(resources) as databases:
-        progress("peer: Quix Streams PostgreSQLSink over the topic")
-        stage = Stage(resources, databases.create("peer_quix"), tally, scratch)
+    progress("peer: Quix Streams PostgreSQLSink over the topic")
+    stage = Stage(resources, resources.database("peer_quix", schema=False), tally, scratch)
+    resources.checkpoint()
+    peer = quix.run_quix(stage, topic)
+    resources.drop_database(stage.database)
+    progress(f"  {_line(peer)}")
+    results.append(peer)
+    for tuned in (False, True):
+        kind = "peer_connect_tuned" if tuned else "peer_connect"
+        said = "tuned" if tuned else "defaults"
+        progress(f"peer: Kafka Connect + Debezium JDBC sink, {said}, over the enveloped copy")
+        stage = Stage(resources, resources.database(kind, schema=False), tally, scratch)
+        connect.create_table(stage.database)
         resources.checkpoint()
-        peer = quix.run_quix(stage, topic)
-        databases.drop(stage.database)
+        peer = connect.run_connect(stage, enveloped, tuned=tuned)
+        resources.drop_database(stage.database)
         progress(f"  {_line(peer)}")
         results.append(peer)
-        for tuned in (False, True):
-            kind = "peer_connect_tuned" if tuned else "peer_connect"
-            said = "tuned" if tuned else "defaults"
-            progress(f"peer: Kafka Connect + Debezium JDBC sink, {said}, over the enveloped copy")
-            stage = Stage(resources, databases.create(kind), tally, scratch)
-            connect.create_table(stage.database)
-            resources.checkpoint()
-            peer = connect.run_connect(stage, enveloped, tuned=tuned)
-            databases.drop(stage.database)
-            progress(f"  {_line(peer)}")
-            results.append(peer)
     return results
 
 

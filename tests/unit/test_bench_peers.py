@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bench.machine import kafka_version
 from bench.peers.harness import POLL_S, Description, Timed, result
 from bench.peers.quix import LOCK, QUIX_VERSION
 from bench.peers.records import (
@@ -21,7 +22,6 @@ from bench.peers.records import (
     envelope,
     java_properties,
     jdbc_url,
-    kafka_version,
     shape_ok,
     worker_properties,
 )
