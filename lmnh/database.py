@@ -18,6 +18,7 @@ ROLES_FILE = SCHEMA_FILE.parent / "roles.sql"  # grants on all the others, so it
 # The tables of schema.sql, children before parents. What other parts add on top of them (the
 # dashboard's views and rollups) is dropped with them by a reset, and rebuilt by their own file.
 TABLES = (
+    "load_minute",
     "kafka_offset",
     "rejected_message",
     "rating_interaction",

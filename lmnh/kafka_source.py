@@ -78,6 +78,9 @@ class KafkaSource:
         self._assigned: tuple[int, ...] = ()
         self._next_to_load: dict[int, int] = {}  # by the database: at assignment, then commits
         self._lag: dict[int, int] = {}  # replaced whole, never changed in place
+        # Each partition's high watermark when the lag was last worked out; read by the
+        # writer thread, so it too is replaced whole.
+        self.high_watermarks: dict[int, int] = {}
         self._behind_since: float | None = None  # lag or unpositioned partitions since then
         self._lag_due = 0.0
         self._consumer = Consumer(
@@ -255,6 +258,7 @@ class KafkaSource:
         self._lag_due = now + (_LAG_QUERY_EVERY_S if fresh else _LAG_EVERY_S)
         deadline = now + _LAG_QUERY_S
         lag = {}
+        highs = dict(self.high_watermarks)
         for partition in self._assigned:
             tp = TopicPartition(self.topic, partition)
             try:
@@ -268,9 +272,12 @@ class KafkaSource:
                     loaded = tp.offset
             except KafkaException:
                 continue
-            if high >= 0 and loaded >= 0:
-                lag[partition] = high - loaded
+            if high >= 0:
+                highs[partition] = high
+                if loaded >= 0:
+                    lag[partition] = high - loaded
         self._lag = lag
+        self.high_watermarks = highs
         behind = self._unpositioned or any(n > 0 for n in lag.values())
         self._behind_since = (self._behind_since or now) if behind else None
 

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +58,11 @@ class MessageSource(Protocol):
         stop: threading.Event,
         ready: Callable[[], bool],
     ) -> list[KafkaMessage]: ...
+    @property
+    def high_watermarks(self) -> Mapping[int, int]:
+        """Each partition's high watermark as last seen: stored with the offsets."""
+        ...
+
     def commit(self, messages: Sequence[KafkaMessage]) -> None: ...
     def hold(self) -> None: ...
     def release(self) -> None: ...
@@ -320,7 +325,7 @@ class Pipeline:
         topic_id = self._source.topic_id
 
         def write(part: CopyBatch) -> WriteResult:
-            return self._store.write_batch(part, topic_id)
+            return self._store.write_batch(part, topic_id, self._source.high_watermarks)
 
         submitted_at = time.monotonic()
 

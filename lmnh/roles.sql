@@ -32,6 +32,7 @@ BEGIN
             TO lmnh_pipeline;
         -- SELECT ... FOR UPDATE on the offsets needs UPDATE.
         GRANT SELECT, INSERT, UPDATE ON kafka_offset TO lmnh_pipeline;
+        GRANT SELECT, INSERT, UPDATE ON load_minute TO lmnh_pipeline;
         -- The dashboard's rollups are kept by triggers that run as the inserting user.
         IF to_regclass('rating_rollup') IS NOT NULL THEN
             GRANT SELECT, INSERT, UPDATE ON rating_rollup, request_rollup TO lmnh_pipeline;

@@ -225,6 +225,12 @@ CREATE TABLE IF NOT EXISTS rejected_message (
 );
 
 CREATE INDEX IF NOT EXISTS rejected_message_reason_code_idx ON rejected_message (reason_code);
+-- The known exhibition (its public id) that a rejected message's `site` named, when it was a
+-- JSON object naming one: a kiosk that starts sending bad data shows up as one site's rejects.
+-- No reference: the rejected message is kept as it came, whatever happens to the exhibition.
+ALTER TABLE rejected_message ADD COLUMN IF NOT EXISTS named_exhibition varchar(10);
+-- The Feed page reads the latest rejects and counts them over time.
+CREATE INDEX IF NOT EXISTS rejected_message_received_at_idx ON rejected_message (received_at);
 
 -- How far each partition has been loaded: the next offset to store. It is updated in the same
 -- transaction as the rows, so it is the truth after any crash; the pipeline resumes from it and
@@ -239,6 +245,20 @@ CREATE TABLE IF NOT EXISTS kafka_offset (
 -- The topic's id (Kafka's, unique to each creation of a topic name): offsets of a topic that
 -- was deleted and recreated under the same name must never be applied to the new one.
 ALTER TABLE kafka_offset ADD COLUMN IF NOT EXISTS topic_id text;
+-- The partition's high watermark (the offset its next message will get) as the pipeline last
+-- saw it when it stored this row: high_watermark - next_offset is how far behind it was then.
+ALTER TABLE kafka_offset ADD COLUMN IF NOT EXISTS high_watermark bigint
+    CHECK (high_watermark >= 0);
+
+-- Messages stored (facts and rejected alike, each once) per minute of the database's clock and
+-- partition, written in the same transaction as the rows: the Feed page's messages per second.
+CREATE TABLE IF NOT EXISTS load_minute (
+    minute timestamptz NOT NULL,
+    kafka_topic text NOT NULL,
+    kafka_partition integer NOT NULL CHECK (kafka_partition >= 0),
+    messages bigint NOT NULL CHECK (messages > 0),
+    PRIMARY KEY (minute, kafka_topic, kafka_partition)
+);
 
 -- Reference data (the kiosk feed's) ----------------------------------------------------------
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +35,7 @@ from lmnh.events import (
     storable_text,
 )
 from lmnh.museum import Reference
+from lmnh.validation import named_exhibition
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ COPY_STATEMENTS = (
     "COPY request_interaction (exhibition_id, request_id, event_at, kafka_topic,"
     " kafka_partition, kafka_offset) FROM STDIN",
     "COPY rejected_message (raw, reason_code, reason, kafka_timestamp, received_at,"
-    " kafka_topic, kafka_partition, kafka_offset) FROM STDIN",
+    " named_exhibition, kafka_topic, kafka_partition, kafka_offset) FROM STDIN",
 )
 
 # COPY's text format escapes backslashes; storable_text has already escaped the rest.
@@ -218,8 +219,11 @@ class Store:
             result[partition] = offset
         return result
 
-    def write_batch(self, batch: CopyBatch, topic_id: str) -> WriteResult:
-        """Store a batch in one transaction and advance its partitions' offsets.
+    def write_batch(
+        self, batch: CopyBatch, topic_id: str, high_watermarks: Mapping[int, int]
+    ) -> WriteResult:
+        """Store a batch in one transaction, advance its partitions' offsets (noting their
+        `high_watermarks` as last seen), and count its messages in `load_minute`.
 
         A batch that PostgreSQL refuses for its data raises `PermanentError` and stores
         nothing (the pipeline then halves it to find the refused message).
@@ -253,14 +257,33 @@ class Store:
             for statement, data in zip(COPY_STATEMENTS, rows.data, strict=True):
                 if data:
                     cur.copy_expert(statement, io.BytesIO(data), _COPY_CHUNK)
+            # One statement for both, a round trip less. A watermark not measured yet is taken
+            # as at least the offset just stored: a lower bound, never a made-up lag.
+            stored = [rows.counts.get(key, 0) for key in batch.highest]
             cur.execute(
-                "UPDATE kafka_offset AS o SET next_offset = v.next_offset, topic_id = %s,"
-                " updated_at = now()"
+                "WITH advanced AS (UPDATE kafka_offset AS o SET next_offset = v.next_offset,"
+                "  topic_id = %s, updated_at = now(),"
+                "  high_watermark = greatest(v.high_watermark, o.high_watermark, v.next_offset)"
+                "  FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[])"
+                "  AS v (kafka_topic, kafka_partition, next_offset, high_watermark)"
+                "  WHERE o.kafka_topic = v.kafka_topic"
+                "  AND o.kafka_partition = v.kafka_partition AND o.next_offset < v.next_offset)"
+                " INSERT INTO load_minute AS l (minute, kafka_topic, kafka_partition, messages)"
+                " SELECT date_trunc('minute', now()), kafka_topic, kafka_partition, messages"
                 " FROM unnest(%s::text[], %s::int[], %s::bigint[])"
-                " AS v (kafka_topic, kafka_partition, next_offset)"
-                " WHERE o.kafka_topic = v.kafka_topic AND o.kafka_partition = v.kafka_partition"
-                " AND o.next_offset < v.next_offset",
-                (topic_id, topics, partitions, [offset + 1 for offset in batch.highest.values()]),
+                "  AS v (kafka_topic, kafka_partition, messages) WHERE messages > 0"
+                " ON CONFLICT (minute, kafka_topic, kafka_partition)"
+                " DO UPDATE SET messages = l.messages + excluded.messages",
+                (
+                    topic_id,
+                    topics,
+                    partitions,
+                    [offset + 1 for offset in batch.highest.values()],
+                    [high_watermarks.get(partition) for partition in partitions],
+                    topics,
+                    partitions,
+                    stored,
+                ),
             )
         already_stored = len(batch.messages) - len(rows.messages)
         return rows.result + WriteResult(already_stored=already_stored)
@@ -279,6 +302,7 @@ class CopyBatch:
     result: WriteResult  # what storing every message stores
     lowest: dict[tuple[str, int], int]  # offset, by topic and partition
     highest: dict[tuple[str, int], int]
+    counts: dict[tuple[str, int], int]  # messages, by topic and partition
 
     def part(self, start: int, stop: int) -> CopyBatch:
         return copy_batch(
@@ -317,15 +341,19 @@ def copy_batch(
     set_aside: list[tuple[KafkaMessage, Rejection]] = []
     lowest: dict[tuple[str, int], int] = {}
     highest: dict[tuple[str, int], int] = {}
+    counts: dict[tuple[str, int], int] = {}
     received = received_at.isoformat()
     for message, outcome in zip(messages, outcomes, strict=True):
         key = (message.topic, message.partition)
         if key not in lowest:
             lowest[key] = highest[key] = message.offset
-        elif message.offset < lowest[key]:
-            lowest[key] = message.offset
-        elif message.offset > highest[key]:
-            highest[key] = message.offset
+            counts[key] = 1
+        else:
+            counts[key] += 1
+            if message.offset < lowest[key]:
+                lowest[key] = message.offset
+            elif message.offset > highest[key]:
+                highest[key] = message.offset
         stored = outcome
         try:
             table, line = copy_row(message, stored, reference, received)
@@ -347,6 +375,7 @@ def copy_batch(
         result,
         lowest,
         highest,
+        counts,
     )
 
 
@@ -391,7 +420,7 @@ def copy_row(
         exhibition = reference.exhibition_ids[outcome.exhibition_public_id]
         request = reference.request_ids[outcome.request_value]
         return 1, f"{exhibition}\t{request}\t{_utc(outcome.at)}\t{coordinates}"
-    return 2, _rejected_row(message, outcome, received, coordinates)
+    return 2, _rejected_row(message, outcome, reference, received, coordinates)
 
 
 def _utc(at: datetime) -> str:
@@ -401,13 +430,20 @@ def _utc(at: datetime) -> str:
 
 
 def _rejected_row(
-    message: KafkaMessage, rejection: Rejection, received: str, coordinates: str
+    message: KafkaMessage,
+    rejection: Rejection,
+    reference: Reference,
+    received: str,
+    coordinates: str,
 ) -> str:
     """Never raises: it is also how a message whose own row failed is kept."""
     raw = "\\N" if message.value is None else "\\\\x" + message.value.hex()
     reason = storable_text(rejection.detail).translate(_COPY_ESCAPES)
     kafka_time = _kafka_time(message.timestamp_ms)
-    return f"{raw}\t{rejection.code.value}\t{reason}\t{kafka_time}\t{received}\t{coordinates}"
+    named = named_exhibition(message.value, reference) or "\\N"  # a public id: no escapes
+    return (
+        f"{raw}\t{rejection.code.value}\t{reason}\t{kafka_time}\t{received}\t{named}\t{coordinates}"
+    )
 
 
 def _kafka_time(timestamp_ms: int | None) -> str:

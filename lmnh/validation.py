@@ -134,6 +134,16 @@ def _judge_time(
     return event(public_id, value, at)
 
 
+def named_exhibition(raw: object, reference: Reference) -> str | None:
+    """The public id of the known exhibition whose site a message names, when it is a JSON
+    object with a known `site`, whatever else is wrong with it; None otherwise. Never raises:
+    it traces a rejected message back to the kiosk that sent it."""
+    canonical = _CANONICAL.fullmatch(raw) if type(raw) is bytes else None
+    parsed = _canonical_object(canonical) if canonical else _parse_json(raw)
+    site = parsed.get("site") if isinstance(parsed, dict) else None
+    return reference.sites.get(site) if isinstance(site, str) else None
+
+
 def _parse_json(raw: object) -> Any:
     """Rules 1 to 3: a value that is not empty, strict UTF-8 (no BOM), one JSON document; or
     the rejection that says which of them failed."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import pytest
 
@@ -26,6 +27,7 @@ class _WhileTheWriterIsBusy:
 
     rebalanced_at = 0.0
     topic_id = "test-topic-id"
+    high_watermarks: ClassVar[dict[int, int]] = {}
 
     def __init__(
         self, target: Target, messages: list[KafkaMessage], unblock: Callable[[], None]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from psycopg2 import sql
@@ -140,6 +141,7 @@ class _OneBatchThenFails:
 
     rebalanced_at = 0.0
     topic_id = "test-topic-id"
+    high_watermarks: ClassVar[dict[int, int]] = {}
 
     def __init__(self, batch: list[KafkaMessage], retrying: threading.Event) -> None:
         self._batch = batch

@@ -32,7 +32,7 @@ def messages(
 def write(store: Store, batch: list[KafkaMessage]):  # type: ignore[no-untyped-def]
     reference = store.load_reference()
     outcomes = [validate(m.value, reference, NOW) for m in batch]
-    return store.write_batch(copy_batch(batch, outcomes, reference, NOW), TOPIC_ID)
+    return store.write_batch(copy_batch(batch, outcomes, reference, NOW), TOPIC_ID, {})
 
 
 def test_a_replayed_batch_is_skipped_whole(target: Target) -> None:
@@ -74,6 +74,53 @@ def test_rejected_messages_keep_their_exact_bytes_and_reason(target: Target) -> 
         assert (None if raw is None else bytes(raw)) == value, f"offset {offset}"
         assert f"{code}: {reason}" == str(expected)
     assert target.query("SELECT count(*) FROM rating_interaction") == [(0,)]
+    store.close()
+
+
+def test_offsets_note_the_high_watermark_and_each_minute_counts_each_message_once(
+    target: Target,
+) -> None:
+    store = Store(target.settings.database)
+    reference = store.load_reference()
+    batch = messages(target.topic, [VALID, b"not json"] * 5) + messages(
+        target.topic, [REQUEST] * 3, partition=1
+    )
+    outcomes = [validate(m.value, reference, NOW) for m in batch]
+    built = copy_batch(batch, outcomes, reference, NOW)
+    store.write_batch(built, TOPIC_ID, {0: 25})  # partition 1's watermark not measured yet
+    store.write_batch(built, TOPIC_ID, {0: 30, 1: 9})  # a replay: nothing moves
+    store.write_batch(copy_batch(batch[:3], outcomes[:3], reference, NOW), TOPIC_ID, {0: 40})
+    assert target.query(
+        "SELECT kafka_partition, next_offset, high_watermark FROM kafka_offset"
+        " WHERE kafka_topic = %s ORDER BY 1",
+        (target.topic,),
+    ) == [(0, 10, 25), (1, 3, 3)]
+    # Each message counted once, the replay not at all, all in this minute.
+    assert target.query(
+        "SELECT kafka_partition, sum(messages)::int, count(DISTINCT minute)::int"
+        " FROM load_minute WHERE kafka_topic = %s GROUP BY 1 ORDER BY 1",
+        (target.topic,),
+    ) == [(0, 10, 1), (1, 3, 1)]
+    store.close()
+
+
+def test_a_rejected_message_names_the_known_exhibition_its_site_named(target: Target) -> None:
+    values = [
+        b'{"at": "2026-11-20T12:29:17+00:00", "site": "3", "val": 9}',  # a bad val at site 3
+        b'{"site": "5", "at": "not a time", "val": 1}',  # another layout, a bad time
+        b'{"at": "2026-11-20T12:29:17+00:00", "site": "77", "val": 1}',  # no such site
+        b'{"at": "2026-11-20T12:29:17+00:00", "site": 3, "val": 1}',  # not the site's text
+        b'{"site": "3", "site": "4"}',  # ambiguous
+        b"\xff{}",
+        None,
+    ]
+    store = Store(target.settings.database)
+    write(store, messages(target.topic, values))
+    assert target.query(
+        "SELECT named_exhibition FROM rejected_message WHERE kafka_topic = %s"
+        " ORDER BY kafka_offset",
+        (target.topic,),
+    ) == [("EXH_03",), ("EXH_05",), (None,), (None,), (None,), (None,), (None,)]
     store.close()
 
 

@@ -41,7 +41,7 @@ def messages(topic: str, values: list[bytes | None]) -> list[KafkaMessage]:
 
 
 def write(store: Store, batch: list[KafkaMessage], outcomes: list[Outcome]) -> WriteResult:
-    return store.write_batch(copy_batch(batch, outcomes, store.load_reference(), NOW), TOPIC_ID)
+    return store.write_batch(copy_batch(batch, outcomes, store.load_reference(), NOW), TOPIC_ID, {})
 
 
 def validated(store: Store, batch: list[KafkaMessage]) -> list[Outcome]:

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from lmnh.events import KafkaMessage, Outcome, RatingEvent, Reason, Rejection, RequestEvent
 from lmnh.museum import KIOSK_REFERENCE, LONDON, Reference
 from lmnh.store import copy_row
-from lmnh.validation import validate, validate_message
+from lmnh.validation import named_exhibition, validate, validate_message
 
 MESSAGES = Path(__file__).parent.parent / "data" / "messages"
 INDEX = MESSAGES / "expected.csv"
@@ -564,3 +564,19 @@ def _assert_obeys_the_kiosk_rules(fields: dict[str, Any]) -> None:
     assert time(8, 45) <= london.time() <= time(18, 15)
     assert at <= NOW + timedelta(seconds=5)
     assert london.date() >= KIOSK_REFERENCE.exhibition_start[f"EXH_0{fields['site']}"]
+
+
+@PROPERTY
+@given(st.dictionaries(KEYS, JSON_VALUES, max_size=6), st.binary(max_size=40))
+def test_a_message_names_an_exhibition_only_by_a_known_sites_exact_text(
+    fields: dict[str, Any], noise: bytes
+) -> None:
+    """What a rejected message is traced back to: the known site its object names, exactly as
+    the validator reads `site`, or nothing; never an exception, whatever the bytes."""
+    text = json.dumps(fields)
+    site = fields.get("site")
+    expected = KIOSK_REFERENCE.sites.get(site) if isinstance(site, str) else None
+    assert named_exhibition(text.encode(), KIOSK_REFERENCE) == expected
+    assert named_exhibition(text, KIOSK_REFERENCE) == expected
+    assert named_exhibition(noise + text.encode(), KIOSK_REFERENCE) in (None, expected)
+    assert named_exhibition(None, KIOSK_REFERENCE) is None
