@@ -1,10 +1,10 @@
-"""`python -m dashboard`: serve the live Exhibitions and Safety dashboards.
+"""`python -m dashboard`: serve the live Exhibitions, Safety and Feed pages.
 
 Database settings come from the environment or .env, as for the pipeline; without them the
-local stack's PostgreSQL is used. Stop with Ctrl-C.
+local stack's PostgreSQL is used. Stop with Ctrl-C: it ends the pages' live streams at once.
 
 Exit codes: 0 stopped, 1 unexpected error, 2 configuration or usage error (or the dashboard's
-requirements are not installed).
+requirements are not installed), 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from functools import partial
 from pathlib import Path
+from types import FrameType
 
 from lmnh.cli import load_settings, positive_int, run
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
 from lmnh.errors import ConfigError, ExitCode, FatalError, TransientError
+from lmnh.museum import clock_from
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8050
@@ -31,7 +34,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m dashboard",
         description="Serve the live dashboards: /exhibitions (ratings and popularity) and "
         "/safety (assistance and emergency requests). Filters live in the page's URL.",
-        epilog="Exit codes: 0 stopped, 1 unexpected error, 2 configuration or usage.",
+        epilog="Exit codes: 0 stopped, 1 unexpected error, 2 configuration or usage, 130 stopped"
+        " by Ctrl-C.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
     parser.add_argument(
@@ -50,6 +54,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="warn on the pages once the newest interaction is older than this (default 15)",
     )
     parser.add_argument("--env-file", type=Path, help="settings file (default ./.env)")
+    parser.add_argument(
+        "--clock-start",
+        type=instant,
+        metavar="INSTANT",
+        help="start the server's clock at this ISO 8601 instant with its offset, for a demo or"
+        " a test (e.g. 2026-11-25T11:00:00+00:00, a Wednesday mid-morning); it runs on from"
+        " there (default: the real clock)",
+    )
     return parser.parse_args(argv)
 
 
@@ -86,11 +98,36 @@ def _serve(args: argparse.Namespace) -> int:
         settings.database,
         refresh_seconds=args.refresh_seconds,
         stale_minutes=args.stale_minutes,
+        clock=args.clock_start and clock_from(args.clock_start),
     )
     url = f"http://{args.host}:{args.port}"
-    print(f"Dashboards: {url}/exhibitions and {url}/safety (Ctrl-C to stop)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    print(
+        f"Dashboards: {url}/exhibitions, {url}/safety and {url}/feed (Ctrl-C to stop)",
+        flush=True,
+    )
+
+    class Server(uvicorn.Server):
+        """Ends the live streams on Ctrl-C: uvicorn waits for open answers to finish, and a
+        stream to a wall screen never does by itself."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            app.state.listener.close()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    Server(config).run()
     return ExitCode.OK
+
+
+def instant(text: str) -> datetime:
+    """An ISO 8601 instant with its offset (a bare local time would be ambiguous)."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 instant") from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset (add +00:00 or Z)")
+    return at
 
 
 def _can_listen(host: str, port: int) -> bool:

@@ -47,12 +47,22 @@ class Freshness(BaseModel):
     queried_at: datetime | None
 
 
+class Museum(BaseModel):
+    """Whether the museum is open now: outside its hours, quiet kiosks are normal."""
+
+    open: bool
+    opens_at: datetime | None = Field(description="When it next opens; null while open.")
+    closes_at: datetime | None = Field(description="When it closes today; null while closed.")
+
+
 class MetaBody(BaseModel):
     """What the filters offer, how fresh the data is, and the server's page settings."""
 
     refresh_seconds: int
     stale_minutes: int
     today: date = Field(description="Today's date in London.")
+    now: datetime = Field(description="The server's clock: pages measure ages against it.")
+    museum: Museum
     charts: list[str]
     exhibitions: list[Exhibition]
     floors: list[str] = Field(description="Bottom to top.")
@@ -70,3 +80,32 @@ class ChartBody(BaseModel):
         description="The step of rating-over-time for this date range."
     )
     rows: list[dict[str, Any]]
+
+
+class LiveRequest(BaseModel):
+    """One stored assistance or emergency request, as the Now panel lists it."""
+
+    id: int = Field(description="request_interaction_id: Server-Sent Events' id.")
+    event_at: datetime = Field(description="When the visitor pressed the button.")
+    london_time: str = Field(description="HH:MM:SS on the museum's clock.")
+    london_date: date
+    public_id: str
+    exhibition_name: str
+    floor_name: str
+    request_value: int = Field(description="0 assistance, 1 emergency.")
+    request_description: str
+
+
+class NowBody(BaseModel):
+    """Today's emergencies and the last hour's assistance requests, newest first."""
+
+    now: datetime = Field(description="The server's clock.")
+    today: date = Field(description="The London day whose emergencies are listed.")
+    recent_minutes: int = Field(description="How far back assistance requests are listed.")
+    requests: list[LiveRequest]
+    truncated: bool = Field(description="More matched than are listed.")
+
+
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "The database is down, busy or refusing us."}
+}

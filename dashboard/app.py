@@ -1,5 +1,6 @@
-"""The web app: two pages (Exhibitions, Safety), their static files, and one JSON endpoint per
-chart, each answered by a server-side SQL aggregate over the reporting views."""
+"""The web app: the pages (Exhibitions, Safety), their static files, one JSON endpoint per
+chart, each answered by a server-side SQL aggregate over the reporting views, and the Safety
+page's live "Now" (dashboard.live)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dashboard import queries
-from dashboard.api_schema import ChartBody, ErrorBody, MetaBody
+from dashboard import live, queries
+from dashboard.api_schema import UNAVAILABLE, ChartBody, ErrorBody, MetaBody
 from dashboard.filters import RULES, FilterError, Filters, openapi_parameters, parse_filters
 from dashboard.pool import ConnectionPool, ValueRefused
 from lmnh.config import DatabaseSettings
 from lmnh.errors import FatalError, TransientError
 from lmnh.metrics import RequestMetrics
-from lmnh.museum import LONDON
+from lmnh.museum import LONDON, closing_time, in_opening_hours, next_opening
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGES = {"exhibitions": STATIC / "exhibitions.html", "safety": STATIC / "safety.html"}
@@ -50,9 +51,6 @@ CHART_NAME = {
 }
 # Never cache data: a wall screen must see what the database holds now.
 NO_STORE = {"Cache-Control": "no-store"}
-UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "The database is down, busy or refusing us."}
-}
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +61,23 @@ def create_app(
     refresh_seconds: int = 30,
     stale_minutes: int = 15,
     pool_size: int = 4,
+    clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
     """The dashboard app on `database`. The pages refresh every `refresh_seconds` unless their
     URL says otherwise, and call the data stale once the newest interaction is older than
-    `stale_minutes`."""
+    `stale_minutes`. `clock` gives "now" (default: the real one): what today is, whether the
+    museum is open, what "Now" shows. `app.state.listener.close()` ends the live streams."""
     pool = ConnectionPool(database, size=pool_size)
     metrics = RequestMetrics("lmnh_dashboard")
+    listener = live.RequestListener(database)
+    now = clock or (lambda: datetime.now(LONDON))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            listener.close()
             pool.close()
 
     app = FastAPI(
@@ -92,6 +95,7 @@ def create_app(
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     # Outermost, so that it times the whole answer, compression included.
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, routes=app.routes)
+    app.state.listener = listener
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -110,11 +114,13 @@ def create_app(
     @app.get("/api/meta", responses={200: {"model": MetaBody}, **UNAVAILABLE})
     def meta() -> Response:
         """What the filters offer, how fresh the data is, and the server's page settings."""
-        today = datetime.now(LONDON).date()
+        at = now()
         body: dict[str, Any] = {
             "refresh_seconds": refresh_seconds,
             "stale_minutes": stale_minutes,
-            "today": today.isoformat(),
+            "today": at.astimezone(LONDON).date().isoformat(),
+            "now": at.isoformat(),
+            "museum": _museum(at),
             "charts": sorted(CHARTS),
         }
         with pool.cursor() as cur:
@@ -143,11 +149,13 @@ def create_app(
         if name not in CHARTS:
             known = ", ".join(sorted(CHARTS))
             return _error(404, f"no chart {name!r}; charts: {known}")
-        filters = parse_filters(request.query_params.multi_items(), datetime.now(LONDON).date())
+        filters = parse_filters(request.query_params.multi_items(), now().astimezone(LONDON).date())
         with pool.cursor() as cur:
             rows = CHARTS[name](cur, filters)
         body = {"chart": name, "filters": filters.as_query(), "bucket": filters.bucket}
         return JSONResponse({**body, "rows": rows}, headers=NO_STORE)
+
+    app.include_router(live.routes(listener, pool, now))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics(request: Request) -> Response:
@@ -159,6 +167,13 @@ def create_app(
         with pool.cursor() as cur:
             cur.execute("SELECT 1")
         return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+    _answer_errors_in_json(app)
+    return app
+
+
+def _answer_errors_in_json(app: FastAPI) -> None:
+    """Every error as the same JSON body, with the status that says whose fault it is."""
 
     @app.exception_handler(FilterError)
     def bad_filters(_request: Request, error: FilterError) -> Response:
@@ -184,8 +199,6 @@ def create_app(
     def database_refused(_request: Request, error: FatalError) -> Response:
         log.error("%s", error)
         return _error(503, str(error))
-
-    return app
 
 
 class RequestMetricsMiddleware:
@@ -217,6 +230,15 @@ class RequestMetricsMiddleware:
         finally:
             seconds = time.perf_counter() - started
             self._metrics.observe(route, scope["method"], status, seconds)
+
+
+def _museum(at: datetime) -> dict[str, Any]:
+    is_open = in_opening_hours(at)
+    return {
+        "open": is_open,
+        "opens_at": None if is_open else next_opening(at).isoformat(),
+        "closes_at": closing_time(at).isoformat() if is_open else None,
+    }
 
 
 def _route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:

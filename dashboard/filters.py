@@ -18,7 +18,7 @@ An empty value (`from=`) counts as not given. Every other value must be exactly 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
@@ -46,6 +46,9 @@ _CALENDAR = f"{date.min} to {date.max}"
 _SHOWN_CHARS = 40
 _ONE_VALUE = ("from", "to", "days", "request", "hour_from", "hour_to", "granularity", "heatmap")
 _MANY_VALUES = ("exhibition", "floor")
+FILTER_NAMES = (*_ONE_VALUE, *_MANY_VALUES)
+# What narrows the Safety page's "Now": where and what, never when.
+NOW_FILTER_NAMES = ("exhibition", "floor", "request")
 
 Granularity = Literal["hour", "quarter"]
 HeatmapRows = Literal["floor", "exhibition"]
@@ -102,8 +105,11 @@ class Filters:
         return query
 
 
-def parse_filters(pairs: Iterable[tuple[str, str]], today: date) -> Filters:
-    """Read the filters from query-string pairs; `today` is the London date now.
+def parse_filters(
+    pairs: Iterable[tuple[str, str]], today: date, names: Collection[str] = FILTER_NAMES
+) -> Filters:
+    """Read the filters from query-string pairs; `today` is the London date now. An endpoint
+    that takes only some of them passes their `names`: any other is unknown.
 
     Raises `FilterError` listing every problem: an unknown name, a value given twice where one
     is expected, a value outside what `openapi_parameters` documents (including text that
@@ -113,17 +119,15 @@ def parse_filters(pairs: Iterable[tuple[str, str]], today: date) -> Filters:
     single: dict[str, str] = {}
     many: dict[str, list[str]] = {name: [] for name in _MANY_VALUES}
     for name, value in pairs:
-        if name in _MANY_VALUES:
+        if name not in names:
+            problems.append(f"unknown filter {_show(name)} (known: {', '.join(names)})")
+        elif name in _MANY_VALUES:
             if value:
                 many[name].append(value)
-        elif name in _ONE_VALUE:
-            if name in single:
-                problems.append(f"{name} is given more than once")
-            elif value:
-                single[name] = value
-        else:
-            known = ", ".join((*_ONE_VALUE, *_MANY_VALUES))
-            problems.append(f"unknown filter {_show(name)} (known: {known})")
+        elif name in single:
+            problems.append(f"{name} is given more than once")
+        elif value:
+            single[name] = value
 
     def day(name: str) -> date | None:
         raw = single.get(name)
@@ -221,9 +225,10 @@ RULES = (
 )
 
 
-def openapi_parameters() -> list[dict[str, Any]]:
-    """The filters as OpenAPI query parameters, built from the bounds that `parse_filters`
-    enforces, so that the documented contract and the behaviour cannot drift apart."""
+def openapi_parameters(names: Collection[str] = FILTER_NAMES) -> list[dict[str, Any]]:
+    """The filters (those `names`) as OpenAPI query parameters, built from the bounds that
+    `parse_filters` enforces, so that the documented contract and the behaviour cannot drift
+    apart."""
 
     def one(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
         # allowEmptyValue: `from=` is accepted and means "not given".
@@ -251,7 +256,7 @@ def openapi_parameters() -> list[dict[str, Any]]:
         return {"type": "integer", "minimum": 0, "maximum": LAST_HOUR, "default": default}
 
     london_date = {"type": "string", "format": "date"}
-    return [
+    every = [
         one("from", london_date, f"First London date, inclusive ({_CALENDAR})."),
         one("to", london_date, f"Last London date, inclusive ({_CALENDAR}; default: today)."),
         one(
@@ -287,3 +292,4 @@ def openapi_parameters() -> list[dict[str, Any]]:
             "The rows of request-heatmap.",
         ),
     ]
+    return [parameter for parameter in every if parameter["name"] in names]

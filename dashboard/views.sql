@@ -208,6 +208,33 @@ BEGIN
 END
 $$;
 
+-- Push ---------------------------------------------------------------------------------------
+-- Each statement that stores requests announces their ids on channel `request_interaction`
+-- ({"first": lowest, "last": highest}); PostgreSQL delivers it when the transaction commits,
+-- never for one rolled back. The dashboard's one listener reads those rows and pushes them to
+-- the Safety page. A range may take in ids of other transactions: each of those announces its
+-- own, so none is missed, and the listener drops the ones it has sent. The pipeline knows
+-- nothing of this, as of the rollups.
+CREATE OR REPLACE FUNCTION request_interaction_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    first_id bigint;
+    last_id bigint;
+BEGIN
+    SELECT min(request_interaction_id), max(request_interaction_id) INTO first_id, last_id
+    FROM new_rows;
+    IF first_id IS NOT NULL THEN
+        PERFORM pg_notify('request_interaction',
+                          json_build_object('first', first_id, 'last', last_id)::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER request_interaction_notify AFTER INSERT ON request_interaction
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION request_interaction_notify();
+
 -- The contract -------------------------------------------------------------------------------
 
 CREATE OR REPLACE VIEW exhibition_overview AS

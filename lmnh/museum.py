@@ -10,9 +10,10 @@ and the benchmark all take the clock and the hours from here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
+from time import monotonic
 from zoneinfo import ZoneInfo
 
 LONDON = ZoneInfo("Europe/London")
@@ -24,6 +25,26 @@ CLOSES = time(18, 15, 0)  # inclusive: 18:15:00.000000 is open, 18:15:00.000001 
 def in_opening_hours(at: datetime) -> bool:
     """True when `at`, on the London wall clock, is within 08:45:00-18:15:00 inclusive."""
     return OPENS <= at.astimezone(LONDON).time() <= CLOSES
+
+
+def next_opening(at: datetime) -> datetime:
+    """When the museum next opens after `at` (the same day's 08:45 before it, else the next
+    day's: it opens every day)."""
+    local = at.astimezone(LONDON)
+    day = local.date() if local.time() < OPENS else local.date() + timedelta(days=1)
+    return datetime.combine(day, OPENS, LONDON)
+
+
+def closing_time(at: datetime) -> datetime:
+    """When the museum closes on `at`'s London day."""
+    return datetime.combine(at.astimezone(LONDON).date(), CLOSES, LONDON)
+
+
+def clock_from(start: datetime) -> Callable[[], datetime]:
+    """A clock that reads `start` now and runs on at real speed: how a demo or a test puts the
+    dashboard inside opening hours whatever the hour (the museum is closed when tests run)."""
+    began = monotonic()
+    return lambda: start + timedelta(seconds=monotonic() - began)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,10 +36,16 @@ _PARAMETERS = {parameter["name"]: parameter for parameter in openapi_parameters(
 
 @schemathesis.hook
 def map_case(_context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
-    """Order from/to and hour_from/hour_to, and shorten a range of over MAX_DAYS days."""
+    """Send whole numbers as such, order from/to and hour_from/hour_to, and shorten a range of
+    over MAX_DAYS days."""
     if case.meta is None or not case.meta.generation.mode.is_positive or not case.query:
         return case
     query = case.query
+    # JSON Schema counts 3.0 as an integer; a client sends an integer as "3", never "3.0".
+    for name, value in query.items():
+        integer = _PARAMETERS.get(name, {}).get("schema", {}).get("type") == "integer"
+        if integer and isinstance(value, float) and value.is_integer():
+            query[name] = int(value)
     start, given_end = _day(query.get("from")), _day(query.get("to"))
     if start is not None:  # without `from`, the rolling window always fits
         today = datetime.now(LONDON).date()

@@ -4,8 +4,14 @@ pipeline's COPY does, so that the rollup triggers fire)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import pytest
 from psycopg2 import sql
@@ -13,6 +19,7 @@ from psycopg2 import sql
 from dashboard import VIEWS_FILE
 from lmnh.config import DatabaseSettings, Settings
 from lmnh.database import connect, create_database, drop_database
+from tests.integration.support import PYTHON, ROOT, clean_env
 
 # (public_id, rating value or request value, ISO time with offset)
 Interaction = tuple[str, int, str]
@@ -89,3 +96,50 @@ def query(database: DatabaseSettings, statement: str, params: tuple[object, ...]
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    host: str
+    port: int
+    process: subprocess.Popen[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@contextmanager
+def dashboard_process(database: DatabaseSettings, *options: str) -> Iterator[Dashboard]:
+    """`python -m dashboard` on `database` and a free port, with these options, until the
+    block ends."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null", *options],
+        cwd=ROOT,
+        env={**clean_env(), "DB_NAME": database.name},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    dashboard = Dashboard("127.0.0.1", port, process)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{dashboard.url}/healthz", timeout=2):  # noqa: S310
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = process.stdout.read() if process.stdout else ""
+                    pytest.fail(f"the dashboard did not start: {output[-2000:]}")
+                time.sleep(0.1)
+        yield dashboard
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()

@@ -1,0 +1,425 @@
+"""The Safety page's "Now": requests pushed to browsers the moment PostgreSQL commits them.
+
+One listening connection per server (`RequestListener`, a thread) hears the `request_interaction`
+channel that views.sql's trigger announces stored requests on, reads those rows, and hands them
+to every connected browser's queue; each browser's Server-Sent Events stream (`stream`) keeps
+the ones its filters and "Now" window take. A stream starts with a snapshot read from the
+database, so a browser that reconnects has what it missed, whatever happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import select
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from time import monotonic
+from typing import Any
+
+import anyio
+import psycopg2
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from psycopg2 import sql
+from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import cursor as Cursor
+
+from dashboard.api_schema import UNAVAILABLE, ErrorBody, NowBody
+from dashboard.filters import (
+    NOW_FILTER_NAMES,
+    FilterError,
+    Filters,
+    openapi_parameters,
+    parse_filters,
+)
+from dashboard.pool import ConnectionPool
+from lmnh import backoff
+from lmnh.config import DatabaseSettings
+from lmnh.database import connect
+from lmnh.errors import FatalError, TransientError
+from lmnh.museum import LONDON
+
+CHANNEL = "request_interaction"
+EMERGENCY = 1
+RECENT = timedelta(minutes=60)  # how long an assistance request stays in "Now"
+MOST_SHOWN = 500  # a snapshot's rows at most, newest first
+LISTEN_WAIT_S = 3.0  # how long a stream waits for the listener before its snapshot
+TICK_S = 15.0  # a stream's heartbeat: the server's clock, and a dead connection found
+RETRY_MS = 3000  # how soon a browser reconnects after the stream ends
+QUEUE_SIZE = 2000  # requests waiting for one browser; beyond, it is made to reconnect
+SENT_IDS_KEPT = 10_000  # ids remembered, to drop those a second range takes in again
+_WAIT_S = 1.0  # the listener's longest wait, so that it sees `close`
+_REQUEST_ID = re.compile(r"[0-9]{1,18}")  # a bigint, read without int()'s surprises
+
+# The columns of an item, as the page gets them.
+_ITEM = (
+    "SELECT request_interaction_id AS id, event_at, to_char(london_time, 'HH24:MI:SS')"
+    " AS london_time, london_date, public_id, exhibition_name, floor_name, request_value,"
+    " request_description FROM request_detail"
+)
+
+log = logging.getLogger(__name__)
+
+
+class Signal:
+    """What a stream's queue carries besides requests."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+LOST = Signal("lost")  # the listener lost the database: what it hears now is unknown
+
+
+class Resync(Signal):
+    """The listener hears again (its `generation`-th connection): what was stored while it
+    did not is only in the database, so a stream whose snapshot is older reads it anew."""
+
+    def __init__(self, generation: int) -> None:
+        super().__init__("resync")
+        self.generation = generation
+
+
+BEHIND = Signal("behind")  # this browser's queue overflowed
+CLOSING = Signal("closing")  # the server is stopping
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What "Now" shows at an instant: today's emergencies (London's day) and assistance
+    requests of the last hour."""
+
+    day_start: datetime
+    day_end: datetime
+    recent_from: datetime
+
+    @classmethod
+    def at(cls, now: datetime) -> Window:
+        day = now.astimezone(LONDON).date()
+        start = datetime.combine(day, time(), LONDON)
+        end = datetime.combine(day + timedelta(days=1), time(), LONDON)
+        return cls(start, end, now - RECENT)
+
+    def holds(self, item: dict[str, Any]) -> bool:
+        at = datetime.fromisoformat(item["event_at"])
+        if item["request_value"] == EMERGENCY:
+            return self.day_start <= at < self.day_end
+        return at >= self.recent_from
+
+
+def matches(filters: Filters, item: dict[str, Any]) -> bool:
+    """Whether the page's filters (exhibition, floor, request type) take a request."""
+    return (
+        (not filters.exhibitions or item["public_id"] in filters.exhibitions)
+        and (not filters.floors or item["floor_name"] in filters.floors)
+        and (not filters.request_values or item["request_value"] in filters.request_values)
+    )
+
+
+def snapshot(cur: Cursor, filters: Filters, now: datetime) -> dict[str, Any]:
+    """What "Now" holds at `now` under the filters, newest first (the /api/now body)."""
+    window = Window.at(now)
+    cur.execute(
+        _ITEM + " WHERE ((request_value = 1 AND event_at >= %(day_start)s"
+        " AND event_at < %(day_end)s) OR (request_value <> 1 AND event_at >= %(recent_from)s))"
+        " AND (cardinality(%(exhibitions)s::text[]) = 0 OR public_id = ANY(%(exhibitions)s))"
+        " AND (cardinality(%(floors)s::text[]) = 0 OR floor_name = ANY(%(floors)s))"
+        " AND (cardinality(%(values)s::int[]) = 0 OR request_value = ANY(%(values)s))"
+        " ORDER BY event_at DESC, request_interaction_id DESC LIMIT %(limit)s",
+        {
+            "day_start": window.day_start,
+            "day_end": window.day_end,
+            "recent_from": window.recent_from,
+            "exhibitions": list(filters.exhibitions),
+            "floors": list(filters.floors),
+            "values": list(filters.request_values),
+            "limit": MOST_SHOWN + 1,
+        },
+    )
+    items = _items(cur)
+    return {
+        "now": now.isoformat(),
+        "today": window.day_start.date().isoformat(),
+        "recent_minutes": int(RECENT.total_seconds() // 60),
+        "requests": items[:MOST_SHOWN],
+        "truncated": len(items) > MOST_SHOWN,
+    }
+
+
+def _items(cur: Cursor) -> list[dict[str, Any]]:
+    names = [column.name for column in cur.description or ()]
+    items = []
+    for row in cur.fetchall():
+        item = dict(zip(names, row, strict=True))
+        item["event_at"] = item["event_at"].isoformat()
+        item["london_date"] = item["london_date"].isoformat()
+        items.append(item)
+    return items
+
+
+def event(name: str, data: object, event_id: int | None = None) -> bytes:
+    """One Server-Sent Event. JSON has no raw line breaks, so `data` is one line."""
+    head = f"event: {name}\n" + (f"id: {event_id}\n" if event_id is not None else "")
+    return f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class RequestListener:
+    """The server's one LISTEN connection, on a thread of its own, started by the first
+    subscriber: each stored request is read once and offered to every subscriber."""
+
+    def __init__(self, database: DatabaseSettings) -> None:
+        self._database = database
+        self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sent: deque[int] = deque(maxlen=SENT_IDS_KEPT)
+        self._sent_set: set[int] = set()
+        self.listening = threading.Event()
+        self.generation = 0  # connections made so far: a snapshot read during one is current
+
+    def subscribe(self) -> asyncio.Queue[Any]:
+        """A queue of this browser's share of what is heard: request items and `Signal`s."""
+        queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_SIZE)
+        with self._lock:
+            self._subscribers.add((asyncio.get_running_loop(), queue))
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="lmnh-dashboard-listener", daemon=True
+                )
+                self._thread.start()
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Any]) -> None:
+        with self._lock:
+            self._subscribers = {s for s in self._subscribers if s[1] is not queue}
+
+    def close(self) -> None:
+        """Stop listening and end every stream (uvicorn waits for open answers to finish)."""
+        self._stop.set()
+        self._publish([CLOSING])
+
+    def _publish(self, items: Iterable[object]) -> None:
+        batch = list(items)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for loop, queue in subscribers:
+            try:
+                loop.call_soon_threadsafe(_offer, queue, batch)
+            except RuntimeError:  # its loop has closed
+                self.unsubscribe(queue)
+
+    def _run(self) -> None:
+        delays = backoff.delays(0.5, 10.0)
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = connect(self._database, application_name="lmnh-dashboard-listener")
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                self.generation += 1
+                self.listening.set()
+                delays = backoff.delays(0.5, 10.0)
+                self._publish([Resync(self.generation)])
+                self._listen(conn)
+            except (psycopg2.Error, TransientError, FatalError) as error:
+                log.warning("live requests: %s; listening again shortly", _first_line(error))
+            finally:
+                if self.listening.is_set():
+                    self.listening.clear()
+                    self._publish([LOST])
+                if conn is not None:
+                    conn.close()
+            self._stop.wait(next(delays))
+
+    def _listen(self, conn: Connection) -> None:
+        while not self._stop.is_set():
+            if select.select([conn], [], [], _WAIT_S) == ([], [], []):
+                continue
+            conn.poll()
+            ranges = []
+            while conn.notifies:
+                payload = json.loads(conn.notifies.pop(0).payload)
+                ranges.append((int(payload["first"]), int(payload["last"])))
+            if ranges:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        _ITEM + " WHERE request_interaction_id BETWEEN %s AND %s"
+                        " ORDER BY request_interaction_id",
+                        (min(first for first, _ in ranges), max(last for _, last in ranges)),
+                    )
+                    self._publish(self._unsent(_items(cur)))
+
+    def _unsent(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        fresh = []
+        for item in items:
+            if item["id"] in self._sent_set:
+                continue
+            if len(self._sent) == self._sent.maxlen:
+                self._sent_set.discard(self._sent[0])
+            self._sent.append(item["id"])
+            self._sent_set.add(item["id"])
+            fresh.append(item)
+        return fresh
+
+
+def _offer(queue: asyncio.Queue[Any], batch: list[object]) -> None:
+    """On the stream's loop: queue what was heard, or, if the browser has fallen that far
+    behind, tell it to start over from a snapshot."""
+    for item in batch:
+        try:
+            queue.put_nowait(item)
+        except asyncio.QueueFull:
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(BEHIND)
+            return
+
+
+async def stream(
+    listener: RequestListener,
+    pool: ConnectionPool,
+    filters: Filters,
+    after: int | None,
+    clock: Callable[[], datetime],
+) -> AsyncIterator[bytes]:
+    """One browser's events: a snapshot (with the ids above `after` it had not seen), then each
+    request its filters and the window take, a tick every `TICK_S`; `offline` and the end when
+    the database goes away, so that the browser reconnects and starts from a snapshot."""
+    queue = listener.subscribe()  # before the snapshot: nothing falls between the two
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        # The first browser starts the listener: let it hear before the snapshot is read, or
+        # its first Resync would make this stream read the snapshot twice.
+        await anyio.to_thread.run_sync(listener.listening.wait, LISTEN_WAIT_S)
+        while True:
+            generation = listener.generation  # what is stored from now on will be heard
+            try:
+                body = await anyio.to_thread.run_sync(_read_snapshot, pool, filters, clock())
+            except (TransientError, FatalError) as error:
+                yield event("offline", {"error": str(error)})
+                return
+            ids = [item["id"] for item in body["requests"]]
+            body["missed"] = sorted(i for i in ids if after is not None and i > after)
+            last = max([*ids, after or 0]) or None
+            yield event("snapshot", body, last)
+            forward = _Forward(queue, filters, clock, generation)
+            async for chunk in forward:
+                yield chunk
+            if forward.ended is LOST:
+                yield event("offline", {"error": "the live feed lost the database"})
+            if forward.ended in (LOST, CLOSING):
+                return
+            after = forward.last_id or last  # Resync or BEHIND: start again from a snapshot
+    finally:
+        listener.unsubscribe(queue)
+
+
+class _Forward:
+    """The requests of a queue as events, until a signal other than a request arrives."""
+
+    def __init__(
+        self,
+        queue: asyncio.Queue[Any],
+        filters: Filters,
+        clock: Callable[[], datetime],
+        generation: int,
+    ) -> None:
+        self._queue = queue
+        self._filters = filters
+        self._clock = clock
+        self._generation = generation  # the listener's, when the snapshot was read
+        self._tick_due = monotonic() + TICK_S
+        self.ended: Signal | None = None
+        self.last_id: int | None = None
+
+    def __aiter__(self) -> _Forward:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            # A tick TICK_S after the last event, however many requests the filters drop.
+            left = self._tick_due - monotonic()
+            try:
+                item = await asyncio.wait_for(self._queue.get(), max(left, 0.0))
+            except TimeoutError:
+                self._tick_due = monotonic() + TICK_S
+                return event("tick", {"now": self._clock().isoformat()})
+            if isinstance(item, Resync) and item.generation <= self._generation:
+                continue  # the snapshot already holds what this one would re-read
+            if isinstance(item, Signal):
+                self.ended = item
+                raise StopAsyncIteration
+            if matches(self._filters, item) and Window.at(self._clock()).holds(item):
+                self.last_id = item["id"]
+                self._tick_due = monotonic() + TICK_S
+                return event("request", item, item["id"])
+
+
+def routes(
+    listener: RequestListener, pool: ConnectionPool, clock: Callable[[], datetime]
+) -> APIRouter:
+    """/api/now (JSON) and /api/now/stream (Server-Sent Events), under the page's filters."""
+    router = APIRouter()
+
+    @router.get(
+        "/api/now",
+        description="What the Safety page's Now panel holds: today's emergencies (London's"
+        " day) and the assistance requests of the last hour, newest first, at most"
+        f" {MOST_SHOWN}. /api/now/stream pushes the same as Server-Sent Events.",
+        responses={200: {"model": NowBody}, 400: {"model": ErrorBody}, **UNAVAILABLE},
+        openapi_extra={"parameters": openapi_parameters(NOW_FILTER_NAMES)},
+    )
+    def now_requests(request: Request) -> Response:
+        at = clock()
+        filters = _filters(request.query_params.multi_items(), at)
+        with pool.cursor() as cur:
+            body = snapshot(cur, filters, at)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    # Not in the OpenAPI document: an answer that never ends is not an API call to fuzz.
+    @router.get("/api/now/stream", include_in_schema=False)
+    def now_stream(request: Request) -> Response:
+        pairs = request.query_params.multi_items()
+        after = [value for name, value in pairs if name == "after"]
+        seen = request.headers.get("last-event-id") or (after[-1] if after else None)
+        filters = _filters([(n, v) for n, v in pairs if n != "after"], clock())
+        events = stream(listener, pool, filters, parse_after(seen), clock)
+        # no-transform: a compressing proxy would hold events back to fill its buffer.
+        headers = {"Cache-Control": "no-store, no-transform", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+    return router
+
+
+def parse_after(seen: str | None) -> int | None:
+    """The last request id a browser saw (`after=`, or EventSource's Last-Event-ID)."""
+    if seen is None:
+        return None
+    if not _REQUEST_ID.fullmatch(seen):
+        raise FilterError([f"after (or Last-Event-ID) {seen[:40]!r} is not a request id"])
+    return int(seen)
+
+
+def _filters(pairs: list[tuple[str, str]], at: datetime) -> Filters:
+    return parse_filters(pairs, at.astimezone(LONDON).date(), NOW_FILTER_NAMES)
+
+
+def _read_snapshot(pool: ConnectionPool, filters: Filters, now: datetime) -> dict[str, Any]:
+    with pool.cursor() as cur:
+        return snapshot(cur, filters, now)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,240 @@
+"""The Safety page's live "Now" against the real database and a running `python -m dashboard`:
+the trigger announces committed requests only, a stream pushes what its filters and window
+take, a reconnecting browser gets what it missed from the database, one listener serves every
+browser, and Ctrl-C ends the server with streams open."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from lmnh.config import DatabaseSettings
+from lmnh.database import connect
+from lmnh.errors import ExitCode
+from tests.integration.dashboard_support import (
+    Dashboard,
+    dashboard_db,
+    dashboard_process,
+    query,
+    store,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["dashboard_db"]
+
+# A Wednesday mid-morning in London (GMT): the museum is open, whatever the wall clock says.
+CLOCK = "2026-11-25T11:00:00+00:00"
+TODAY_EARLIER = "2026-11-25T09:30:00Z"
+YESTERDAY = "2026-11-24T15:00:00Z"
+
+
+@pytest.fixture
+def server(dashboard_db: DatabaseSettings) -> Iterator[Dashboard]:
+    with dashboard_process(dashboard_db, "--clock-start", CLOCK) as dashboard:
+        yield dashboard
+
+
+class Stream:
+    """A Server-Sent Events connection, read event by event."""
+
+    def __init__(self, server: Dashboard, query: str = "", last_id: int | None = None):
+        self.connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        headers = {} if last_id is None else {"Last-Event-ID": str(last_id)}
+        self.connection.request("GET", f"/api/now/stream?{query}", headers=headers)
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.read()
+        assert self.response.getheader("Content-Type", "").startswith("text/event-stream")
+
+    def next(self, timeout: float = 10.0) -> tuple[str, dict[str, Any], str | None]:
+        """The next event other than a tick: (name, data, id)."""
+        deadline = time.monotonic() + timeout
+        fields: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            line = self.response.readline().decode()
+            if line == "":
+                raise EOFError("the stream ended")
+            line = line.rstrip("\n")
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+            elif "event" in fields:
+                if fields["event"] != "tick":
+                    return fields["event"], json.loads(fields["data"]), fields.get("id")
+                fields = {}
+            else:
+                fields = {}
+        raise TimeoutError("no event")
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@contextmanager
+def stream(server: Dashboard, query: str = "", last_id: int | None = None) -> Iterator[Stream]:
+    opened = Stream(server, query, last_id)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def get(server: Dashboard, path: str) -> tuple[int, dict[str, Any]]:
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def ids(items: list[dict[str, Any]]) -> list[int]:
+    return [item["id"] for item in items]
+
+
+def test_the_trigger_announces_committed_requests_only(dashboard_db: DatabaseSettings) -> None:
+    listening = connect(dashboard_db)
+    listening.autocommit = True
+    try:
+        with listening.cursor() as cur:
+            cur.execute("LISTEN request_interaction")
+        store(dashboard_db, requests=[("EXH_01", 1, TODAY_EARLIER), ("EXH_03", 0, YESTERDAY)])
+        store(dashboard_db, ratings=[("EXH_01", 4, TODAY_EARLIER)])
+        writer = connect(dashboard_db)
+        with writer.cursor() as cur:  # stored, then rolled back: never announced
+            cur.execute(
+                "INSERT INTO request_interaction (exhibition_id, request_id, event_at,"
+                " kafka_topic, kafka_partition, kafka_offset) SELECT 1, 1, now(), 'x', 0, 99"
+            )
+        writer.rollback()
+        writer.close()
+        select.select([listening], [], [], 2.0)
+        time.sleep(0.3)  # anything else would have arrived by now
+        listening.poll()
+        payloads = [json.loads(n.payload) for n in listening.notifies]
+        stored = query(dashboard_db, "SELECT request_interaction_id FROM request_interaction")
+        assert payloads == [{"first": min(stored)[0], "last": max(stored)[0]}]
+    finally:
+        listening.close()
+
+
+def test_a_stream_pushes_what_its_filters_and_window_take(
+    dashboard_db: DatabaseSettings, server: Dashboard
+) -> None:
+    store(dashboard_db, requests=[("EXH_03", 1, TODAY_EARLIER)])  # Cetacean Sensations, floor 1
+    with stream(server, "floor=1&request=emergency") as live:
+        name, body, event_id = live.next()
+        assert name == "snapshot"
+        assert body["today"] == "2026-11-25"
+        [earlier] = body["requests"]
+        assert (earlier["public_id"], earlier["london_time"]) == ("EXH_03", "09:30:00")
+        assert event_id == str(earlier["id"])
+        store(
+            dashboard_db,
+            requests=[
+                ("EXH_02", 1, "2026-11-25T10:59:00Z"),  # floor 2: not taken
+                ("EXH_03", 0, "2026-11-25T10:59:00Z"),  # assistance: not taken
+                ("EXH_03", 1, YESTERDAY),  # not today: not taken
+                ("EXH_05", 1, "2026-11-25T10:59:30Z"),  # Thunder Lizards, floor 1: taken
+            ],
+        )
+        name, item, event_id = live.next()
+        assert (name, item["public_id"], item["request_description"]) == (
+            "request",
+            "EXH_05",
+            "Emergency",
+        )
+        assert (item["floor_name"], item["london_time"], event_id) == (
+            "1",
+            "10:59:30",
+            str(item["id"]),
+        )
+        with pytest.raises(TimeoutError):
+            live.next(timeout=1.5)  # nothing else was for this page
+
+
+def test_a_reconnecting_browser_gets_what_it_missed(
+    dashboard_db: DatabaseSettings, server: Dashboard
+) -> None:
+    store(dashboard_db, requests=[("EXH_01", 1, TODAY_EARLIER)])
+    with stream(server) as first:
+        _, body, last_id = first.next()
+    assert last_id is not None
+    store(  # while the browser is away
+        dashboard_db,
+        requests=[("EXH_04", 1, "2026-11-25T10:40:00Z"), ("EXH_02", 0, "2026-11-25T10:45:00Z")],
+    )
+    with stream(server, last_id=int(last_id)) as again:
+        name, body, new_id = again.next()
+    assert name == "snapshot"
+    missed = [item for item in body["requests"] if item["id"] > int(last_id)]
+    assert sorted(item["public_id"] for item in missed) == ["EXH_02", "EXH_04"]
+    assert body["missed"] == sorted(ids(missed))
+    times = [item["event_at"] for item in body["requests"]]
+    assert times == sorted(times, reverse=True)  # newest first
+    assert new_id == str(max(ids(body["requests"])))
+    # The same through ?after= (a page that reconnects by itself), and the JSON endpoint.
+    with stream(server, f"after={last_id}") as again:
+        assert again.next()[1]["missed"] == body["missed"]
+    _, now = get(server, "/api/now?request=assistance")
+    assert [item["public_id"] for item in now["requests"]] == ["EXH_02"]
+
+
+def test_bad_filters_and_ids_are_refused_before_streaming(server: Dashboard) -> None:
+    for path, problem in (
+        ("/api/now/stream?after=12x", "is not a request id"),
+        ("/api/now/stream?from=2026-11-01", "unknown filter 'from'"),
+        ("/api/now?floor=1&request=fire", "request"),
+    ):
+        status, body = get(server, path)
+        assert status == 400, path
+        assert problem in body["error"], path
+
+
+def test_one_listener_serves_every_browser(
+    dashboard_db: DatabaseSettings, server: Dashboard
+) -> None:
+    streams = [Stream(server) for _ in range(12)]
+    try:
+        for live in streams:
+            assert live.next()[0] == "snapshot"
+        store(dashboard_db, requests=[("EXH_00", 1, "2026-11-25T10:58:00Z")])
+        for live in streams:
+            assert live.next()[1]["public_id"] == "EXH_00"
+        listeners = query(
+            dashboard_db,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            ("lmnh-dashboard-listener",),
+        )
+        assert listeners == [(1,)]
+    finally:
+        for live in streams:
+            live.close()
+
+
+def test_ctrl_c_stops_the_server_with_browsers_connected(dashboard_db: DatabaseSettings) -> None:
+    with dashboard_process(dashboard_db, "--clock-start", CLOCK) as server:
+        streams = [Stream(server) for _ in range(3)]
+        try:
+            for live in streams:
+                live.next()
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGINT)
+            server.process.wait(timeout=10)
+            assert time.monotonic() - started < 5
+            assert server.process.returncode == ExitCode.INTERRUPTED
+            for live in streams:
+                with pytest.raises(EOFError):
+                    live.next(timeout=5)
+        finally:
+            for live in streams:
+                live.close()
