@@ -27,6 +27,10 @@ def test_seeded_run_matches_the_simulator_report_exactly(target: Target) -> None
     result = target.pipeline()
     assert consumed(result.stdout) == 50_000
     assert_exactly_once(target, report)
+    # The Feed page's account: caught up on every partition, each message counted once.
+    offsets = target.query("SELECT next_offset, high_watermark FROM kafka_offset")
+    assert offsets and all(high == loaded for loaded, high in offsets)
+    assert target.query("SELECT sum(messages)::int FROM load_minute") == [(50_000,)]
 
 
 def test_two_processes_in_one_group_store_each_message_once(target: Target, tmp_path: Path) -> None:
