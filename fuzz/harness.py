@@ -39,7 +39,7 @@ MAX_DETAIL = 400
 # facts, shared by all.
 _SKEW = timedelta(seconds=5)
 _TABLE = {RatingEvent: 0, RequestEvent: 1, Rejection: 2}
-_COLUMNS = (6, 6, 8)  # per table, as in lmnh.store.COPY_STATEMENTS
+_COLUMNS = (6, 6, 9)  # per table, as in lmnh.store.COPY_STATEMENTS
 # PostgreSQL's timestamptz input refuses a UTC offset of 16 hours or more ("time zone
 # displacement out of range"), though RFC 3339 allows up to 23:59.
 _POSTGRES_OFFSETS = timedelta(hours=16)
@@ -117,6 +117,8 @@ def check_copy_line(data: bytes, outcome: Outcome) -> None:
     if isinstance(outcome, Rejection):
         _require(columns[0] == "\\\\x" + data.hex(), "raw bytes not stored losslessly", line)
         _require(columns[1] == outcome.code.value, "wrong reason code stored", line)
+        named = columns[5] == "\\N" or columns[5] in REFERENCE.exhibition_start
+        _require(named, "named_exhibition is not a known exhibition's public id", line)
     else:
         offset = datetime.fromisoformat(columns[2]).utcoffset()
         stored = offset is not None and abs(offset) < _POSTGRES_OFFSETS

@@ -292,16 +292,20 @@ def test_copy_row_of_a_rejection_keeps_its_reason_one_escaped_line() -> None:
         'site "\\\\x09" is not\\\\x0aa known\\\\ exhibition\\\\x0d\\\\x00',
         "2023-11-14T22:13:20.123000+00:00",
         received,
+        "\\N",  # {"site": "\t"} names no known exhibition
         "lmnh",
         "2",
         "9\n",
     ]
+    named = message(9, b'{"site": "5", "val": 7}', None)
+    _, line = copy_row(named, Rejection(Reason.MISSING_AT, "no at"), REFERENCE, received)
+    assert line.split("\t")[5] == "EXH_05"
 
 
 def test_copy_row_of_a_message_without_value_or_timestamp_is_null() -> None:
     rejected = message(9, None, None)
     _, line = copy_row(rejected, Rejection(Reason.EMPTY, "no value"), REFERENCE, "t")
-    assert line == "\\N\tempty\tno value\t\\N\tt\tlmnh\t2\t9\n"
+    assert line == "\\N\tempty\tno value\t\\N\tt\t\\N\tlmnh\t2\t9\n"
 
 
 def test_chunks_split_the_messages_and_keep_every_row() -> None:

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dashboard.filters import FilterError, Filters
@@ -76,6 +76,11 @@ def test_a_browsers_last_id_is_a_whole_number_or_refused() -> None:
             parse_after(bad)
 
 
+# No example database (nothing written to disk), no deadline (a loaded machine is no failure).
+PROPERTY = settings(database=None, deadline=None)
+
+
+@PROPERTY
 @given(st.text())
 def test_any_last_id_gives_a_number_or_a_refusal(text: str) -> None:
     try:
@@ -84,6 +89,7 @@ def test_any_last_id_gives_a_number_or_a_refusal(text: str) -> None:
         assert "is not a request id" in str(error)
 
 
+@PROPERTY
 @given(st.dictionaries(st.text(), st.text() | st.integers()))
 def test_an_event_is_one_frame_whatever_its_text(data: dict[str, object]) -> None:
     frame = event("request", data, 7).decode()
