@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboard import live, queries
 from dashboard.api_schema import UNAVAILABLE, ChartBody, ErrorBody, MetaBody
+from dashboard.feed import feed_routes
 from dashboard.filters import RULES, FilterError, Filters, openapi_parameters, parse_filters
 from dashboard.pool import ConnectionPool, ValueRefused
 from lmnh.config import DatabaseSettings
@@ -156,6 +157,7 @@ def create_app(
         return JSONResponse({**body, "rows": rows}, headers=NO_STORE)
 
     app.include_router(live.routes(listener, pool, now))
+    app.include_router(feed_routes(pool, now))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics(request: Request) -> Response:

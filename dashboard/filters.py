@@ -120,7 +120,7 @@ def parse_filters(
     many: dict[str, list[str]] = {name: [] for name in _MANY_VALUES}
     for name, value in pairs:
         if name not in names:
-            problems.append(f"unknown filter {_show(name)} (known: {', '.join(names)})")
+            problems.append(f"unknown filter {show_value(name)} (known: {', '.join(names)})")
         elif name in _MANY_VALUES:
             if value:
                 many[name].append(value)
@@ -138,7 +138,7 @@ def parse_filters(
                 return date.fromisoformat(raw)
             except ValueError:
                 pass
-        problems.append(f"{name}={_show(raw)} is not a date like 2026-10-31 ({_CALENDAR})")
+        problems.append(f"{name}={show_value(raw)} is not a date like 2026-10-31 ({_CALENDAR})")
         return None
 
     def whole(name: str, default: int, low: int, high: int) -> int:
@@ -146,7 +146,7 @@ def parse_filters(
         if raw is None:
             return default
         if not (_WHOLE.fullmatch(raw) and low <= int(raw) <= high):
-            problems.append(f"{name}={_show(raw)} must be a whole number from {low} to {high}")
+            problems.append(f"{name}={show_value(raw)} must be a whole number from {low} to {high}")
             return default
         return int(raw)
 
@@ -169,25 +169,27 @@ def parse_filters(
         problems.append(f"hour_from {hour_from} is after hour_to {hour_to}")
 
     problems.extend(
-        f"exhibition={_show(public_id)} is not an exhibition id like EXH_01"
+        f"exhibition={show_value(public_id)} is not an exhibition id like EXH_01"
         for public_id in many["exhibition"]
         if not _PUBLIC_ID.fullmatch(public_id)
     )
     for floor in many["floor"]:
         if len(floor) > FLOOR_NAME_MAX:
-            problems.append(f"floor={_show(floor)} is longer than a floor name can be")
+            problems.append(f"floor={show_value(floor)} is longer than a floor name can be")
         elif not _fits_text(floor):
-            problems.append(f"floor={_show(floor)} holds a NUL or a lone surrogate: no name can")
+            problems.append(
+                f"floor={show_value(floor)} holds a NUL or a lone surrogate: no name can"
+            )
 
     request = single.get("request")
     if request is not None and request not in REQUEST_TYPES:
-        problems.append(f"request={_show(request)} must be assistance or emergency")
+        problems.append(f"request={show_value(request)} must be assistance or emergency")
     granularity = single.get("granularity", "hour")
     if granularity not in GRANULARITIES:
-        problems.append(f"granularity={_show(granularity)} must be hour or quarter")
+        problems.append(f"granularity={show_value(granularity)} must be hour or quarter")
     heatmap = single.get("heatmap", "floor")
     if heatmap not in HEATMAP_ROWS:
-        problems.append(f"heatmap={_show(heatmap)} must be floor or exhibition")
+        problems.append(f"heatmap={show_value(heatmap)} must be floor or exhibition")
 
     if problems:
         raise FilterError(problems)
@@ -204,7 +206,7 @@ def parse_filters(
     )
 
 
-def _show(value: str) -> str:
+def show_value(value: str) -> str:
     """A value as an error quotes it: escaped (NUL, surrogates) and cut short."""
     return repr(value) if len(value) <= _SHOWN_CHARS else f"{value[:_SHOWN_CHARS]!r}..."
 

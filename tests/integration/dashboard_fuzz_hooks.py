@@ -7,8 +7,9 @@ would report as a valid request refused. This hook mends such requests the least
 requests are left alone: they must be refused anyway.
 
 A second hook drops the negative requests that are valid by the time they are sent: a query
-value travels as text, so a parameter drawn as a number or a null arrives as a valid value
-("-4.8e+16" is a floor name; null arrives empty, which means "not given"), the API rightly
+value travels as text, so a parameter drawn as a number, a null or an object arrives as a
+valid value ("-4.8e+16" is a floor name; null arrives empty, which means "not given"; an object
+arrives as its keys), the API rightly
 accepts it, and schemathesis, judging the value as drawn, would report it as invalid data
 accepted.
 
@@ -26,12 +27,16 @@ from typing import Any
 import schemathesis
 from schemathesis.core.parameters import ParameterLocation
 
+from dashboard import feed
 from dashboard.filters import MAX_DAYS, openapi_parameters
 from lmnh.museum import LONDON
 
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _WHOLE = re.compile(r"[0-9]{1,9}")
-_PARAMETERS = {parameter["name"]: parameter for parameter in openapi_parameters()}
+_PARAMETERS = {
+    parameter["name"]: parameter
+    for parameter in (*openapi_parameters(), *feed.openapi_parameters())
+}
 
 
 @schemathesis.hook
@@ -91,8 +96,11 @@ def filter_case(_context: schemathesis.HookContext, case: schemathesis.Case) -> 
 
 
 def _wire(value: Any) -> list[str]:
-    """A query value as the HTTP client sends it: repeated for a list, empty for a null."""
-    values = value if isinstance(value, list) else [value]
+    """A query value as the HTTP client sends it: repeated for a list, and for an object's
+    keys; empty for a null, an empty list or an empty object."""
+    if isinstance(value, dict):
+        value = list(value)
+    values = (value or [""]) if isinstance(value, list) else [value]
     return ["" if v is None else str(v).lower() if isinstance(v, bool) else str(v) for v in values]
 
 
