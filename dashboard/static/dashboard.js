@@ -19,6 +19,9 @@
   const clock = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, hour: "2-digit", minute: "2-digit", second: "2-digit" });
   const dayAndTime = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
   const longDay = new Intl.DateTimeFormat("en-GB", { timeZone: "UTC", day: "numeric", month: "short", year: "numeric" });
+  const hourMinute = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, hour: "2-digit", minute: "2-digit" });
+  const weekday = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, weekday: "short", day: "numeric", month: "short" });
+  const londonDate = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, year: "numeric", month: "2-digit", day: "2-digit" });
   const number = new Intl.NumberFormat("en-GB");
 
   let meta = null;
@@ -39,6 +42,8 @@
     for (const link of document.querySelectorAll("a[data-nav]")) {
       link.search = next.toString() ? `?${next}` : "";
     }
+    // Other parts of the page that follow the filters (the Safety page's Now panel) listen.
+    document.dispatchEvent(new CustomEvent("filterschange", { detail: { search: location.search } }));
   }
 
   function chartQuery(name) {
@@ -512,35 +517,52 @@
   // ---- Freshness and the refresh loop ----------------------------------------------------
   function showFreshness(freshness, error) {
     const status = document.getElementById("status");
-    const banner = document.getElementById("banner");
     const every = refreshSeconds() ? `refreshes every ${REFRESH_CHOICES.find(([s]) => s === refreshSeconds())?.[1] || `${refreshSeconds()} s`}` : "auto-refresh off";
     if (error) {
-      banner.hidden = false;
-      banner.dataset.kind = "error";
-      banner.textContent = `Cannot load the data: ${error.message}. Retrying every ${refreshSeconds() || 30} s; the charts show the last data that loaded.`;
+      showBanner("error", `Cannot load the data: ${error.message}. Retrying every ${refreshSeconds() || 30} s; the charts show the last data that loaded.`);
       status.textContent = `Last attempt ${clock.format(new Date())} · ${every}`;
       return;
     }
     const latest = freshness.latest_interaction_at ? new Date(freshness.latest_interaction_at) : null;
-    const now = new Date(freshness.queried_at);
+    // The server's clock, not this screen's: a wall screen's clock may be wrong.
+    const now = new Date(meta.now ?? freshness.queried_at);
+    const museum = meta.museum;
     status.innerHTML = "";
     const strong = document.createElement("strong");
     strong.textContent = `Updated ${clock.format(now)}`;
     status.append(strong, document.createTextNode(` · latest interaction ${latest ? dayAndTime.format(latest) : "none yet"} · ${every}`));
     const ageMinutes = latest ? (now - latest) / 60000 : Infinity;
     if (!latest) {
-      banner.hidden = false;
-      banner.dataset.kind = "empty";
-      banner.textContent = "No interactions are stored yet. Start the pipeline (kafka_pipeline.py --follow) and they will appear here.";
+      showBanner("empty", "No interactions are stored yet. Start the pipeline (kafka_pipeline.py --follow) and they will appear here.");
+    } else if (museum && !museum.open) {
+      // Outside opening hours the kiosks are quiet: that is normal, not stale.
+      const opens = museum.opens_at ? ` until it opens at ${onDay(new Date(museum.opens_at), now)}` : "";
+      showBanner("closed", `The museum is closed; kiosks are quiet${opens}. Latest interaction at ${onDay(latest, now)}.`);
     } else if (ageMinutes > meta.stale_minutes) {
-      banner.hidden = false;
-      banner.dataset.kind = "stale";
       const loaded = freshness.last_loaded_at ? `; the pipeline last stored a batch at ${dayAndTime.format(new Date(freshness.last_loaded_at))}` : "";
-      banner.textContent = `Stale data: no new interaction for ${describeAge(ageMinutes)} (latest at ${dayAndTime.format(latest)})${loaded}. The museum may be closed, or the pipeline stopped.`;
+      const why = museum?.closes_at
+        ? `The museum is open until ${hourMinute.format(new Date(museum.closes_at))}: are the kiosks and the pipeline running?`
+        : "The museum may be closed, or the pipeline stopped.";
+      showBanner("stale", `Stale data: no new interaction for ${describeAge(ageMinutes)} (latest at ${dayAndTime.format(latest)})${loaded}. ${why}`);
     } else {
-      banner.hidden = true;
-      banner.textContent = "";
+      showBanner(null, "");
     }
+  }
+
+  /** The banner is an alert, and screen readers speak every change to it: change it only when
+   * what it says changes, not at every refresh. */
+  function showBanner(kind, text) {
+    const banner = document.getElementById("banner");
+    banner.hidden = kind === null;
+    if (kind === null) delete banner.dataset.kind;
+    else banner.dataset.kind = kind;
+    if (banner.textContent !== text) banner.textContent = text;
+  }
+
+  /** "08:45 today" or "08:45 on Mon 30 Nov", on the museum's clock. */
+  function onDay(instant, now) {
+    const day = londonDate.format(instant) === londonDate.format(now) ? "today" : `on ${weekday.format(instant)}`;
+    return `${hourMinute.format(instant)} ${day}`;
   }
 
   function describeAge(minutes) {

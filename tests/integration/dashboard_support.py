@@ -110,12 +110,15 @@ class Dashboard:
 
 
 @contextmanager
-def dashboard_process(database: DatabaseSettings, *options: str) -> Iterator[Dashboard]:
-    """`python -m dashboard` on `database` and a free port, with these options, until the
-    block ends."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def dashboard_process(
+    database: DatabaseSettings, *options: str, port: int | None = None
+) -> Iterator[Dashboard]:
+    """`python -m dashboard` on `database` and `port` (default: a free one), with these options,
+    until the block ends."""
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     process = subprocess.Popen(
         [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null", *options],
         cwd=ROOT,
@@ -133,6 +136,7 @@ def dashboard_process(database: DatabaseSettings, *options: str) -> Iterator[Das
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()  # else reading its output waits for it for ever
                     output = process.stdout.read() if process.stdout else ""
                     pytest.fail(f"the dashboard did not start: {output[-2000:]}")
                 time.sleep(0.1)
