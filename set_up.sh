@@ -49,7 +49,7 @@ NEXT
 if [ "${1:-}" = "--no-dashboard" ]; then
   exit 0
 fi
-urls="http://127.0.0.1:8050/exhibitions and http://127.0.0.1:8050/safety"
+urls="http://127.0.0.1:8050/exhibitions, http://127.0.0.1:8050/safety and http://127.0.0.1:8050/feed"
 answers() {
   .venv/bin/python -c 'import sys, urllib.request
 try:
