@@ -70,8 +70,8 @@ def create_app(
     museum is open, what "Now" shows. `app.state.listener.close()` ends the live streams."""
     pool = ConnectionPool(database, size=pool_size)
     metrics = RequestMetrics("lmnh_dashboard")
-    listener = live.RequestListener(database)
     now = clock or (lambda: datetime.now(LONDON))
+    listener = live.RequestListener(database, now)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -63,6 +63,11 @@ _ITEM = (
     " AS london_time, london_date, public_id, exhibition_name, floor_name, request_value,"
     " request_description FROM request_detail"
 )
+# Within "Now" (Window's parameters by name): a backfill's or a replay's old requests are not.
+_IN_WINDOW = (
+    " ((request_value = 1 AND event_at >= %(day_start)s AND event_at < %(day_end)s)"
+    " OR (request_value <> 1 AND event_at >= %(recent_from)s))"
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,7 @@ class Resync(Signal):
         self.generation = generation
 
 
-BEHIND = Signal("behind")  # this browser's queue overflowed
+BEHIND = Signal("behind")  # more than a browser should take one by one: read a snapshot
 CLOSING = Signal("closing")  # the server is stopping
 
 
@@ -108,6 +113,13 @@ class Window:
         start = datetime.combine(day, time(), LONDON)
         end = datetime.combine(day + timedelta(days=1), time(), LONDON)
         return cls(start, end, now - RECENT)
+
+    def parameters(self) -> dict[str, datetime]:
+        return {
+            "day_start": self.day_start,
+            "day_end": self.day_end,
+            "recent_from": self.recent_from,
+        }
 
     def holds(self, item: dict[str, Any]) -> bool:
         at = datetime.fromisoformat(item["event_at"])
@@ -129,16 +141,15 @@ def snapshot(cur: Cursor, filters: Filters, now: datetime) -> dict[str, Any]:
     """What "Now" holds at `now` under the filters, newest first (the /api/now body)."""
     window = Window.at(now)
     cur.execute(
-        _ITEM + " WHERE ((request_value = 1 AND event_at >= %(day_start)s"
-        " AND event_at < %(day_end)s) OR (request_value <> 1 AND event_at >= %(recent_from)s))"
-        " AND (cardinality(%(exhibitions)s::text[]) = 0 OR public_id = ANY(%(exhibitions)s))"
+        _ITEM
+        + " WHERE"
+        + _IN_WINDOW
+        + " AND (cardinality(%(exhibitions)s::text[]) = 0 OR public_id = ANY(%(exhibitions)s))"
         " AND (cardinality(%(floors)s::text[]) = 0 OR floor_name = ANY(%(floors)s))"
         " AND (cardinality(%(values)s::int[]) = 0 OR request_value = ANY(%(values)s))"
         " ORDER BY event_at DESC, request_interaction_id DESC LIMIT %(limit)s",
         {
-            "day_start": window.day_start,
-            "day_end": window.day_end,
-            "recent_from": window.recent_from,
+            **window.parameters(),
             "exhibitions": list(filters.exhibitions),
             "floors": list(filters.floors),
             "values": list(filters.request_values),
@@ -176,8 +187,9 @@ class RequestListener:
     """The server's one LISTEN connection, on a thread of its own, started by the first
     subscriber: each stored request is read once and offered to every subscriber."""
 
-    def __init__(self, database: DatabaseSettings) -> None:
+    def __init__(self, database: DatabaseSettings, clock: Callable[[], datetime]) -> None:
         self._database = database
+        self._clock = clock
         self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -252,13 +264,26 @@ class RequestListener:
                 payload = json.loads(conn.notifies.pop(0).payload)
                 ranges.append((int(payload["first"]), int(payload["last"])))
             if ranges:
-                with conn.cursor() as cur:
-                    cur.execute(
-                        _ITEM + " WHERE request_interaction_id BETWEEN %s AND %s"
-                        " ORDER BY request_interaction_id",
-                        (min(first for first, _ in ranges), max(last for _, last in ranges)),
-                    )
-                    self._publish(self._unsent(_items(cur)))
+                self._publish(self._read(conn, ranges))
+
+    def _read(self, conn: Connection, ranges: list[tuple[int, int]]) -> list[Any]:
+        """The announced requests that are within "Now", once each; `BEHIND` instead when there
+        are more than a stream would want pushed one by one (a burst: a snapshot is cheaper)."""
+        window = Window.at(self._clock())
+        heard = []
+        with conn.cursor() as cur:
+            for first, last in ranges:  # each statement's, so that one far off costs nothing
+                cur.execute(
+                    _ITEM
+                    + " WHERE request_interaction_id BETWEEN %(first)s AND %(last)s AND"
+                    + _IN_WINDOW
+                    + " ORDER BY request_interaction_id LIMIT %(limit)s",
+                    {**window.parameters(), "first": first, "last": last, "limit": MOST_SHOWN + 1},
+                )
+                heard.extend(_items(cur))
+                if len(heard) > MOST_SHOWN:
+                    return [BEHIND]
+        return self._unsent(heard)
 
     def _unsent(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fresh = []

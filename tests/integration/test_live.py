@@ -188,6 +188,21 @@ def test_a_reconnecting_browser_gets_what_it_missed(
     assert [item["public_id"] for item in now["requests"]] == ["EXH_02"]
 
 
+def test_a_burst_comes_as_one_snapshot(dashboard_db: DatabaseSettings, server: Dashboard) -> None:
+    with stream(server, "request=emergency") as live:
+        assert live.next()[0] == "snapshot"
+        store(
+            dashboard_db,
+            requests=[
+                ("EXH_01", 1, f"2026-11-25T10:{n // 60:02d}:{n % 60:02d}Z") for n in range(600)
+            ],
+        )
+        name, body, _ = live.next()
+    assert name == "snapshot"  # not 600 request events
+    assert (len(body["requests"]), body["truncated"]) == (500, True)
+    assert body["requests"][0]["london_time"] == "10:09:59"  # the newest first
+
+
 def test_bad_filters_and_ids_are_refused_before_streaming(server: Dashboard) -> None:
     for path, problem in (
         ("/api/now/stream?after=12x", "is not a request id"),
