@@ -56,6 +56,7 @@ QUEUE_SIZE = 2000  # requests waiting for one browser; beyond, it is made to rec
 SENT_IDS_KEPT = 10_000  # ids remembered, to drop those a second range takes in again
 _WAIT_S = 1.0  # the listener's longest wait, so that it sees `close`
 _REQUEST_ID = re.compile(r"[0-9]{1,18}")  # a bigint, read without int()'s surprises
+_LAST_ID = 2**63 - 1  # bigint's
 
 # The columns of an item, as the page gets them.
 _ITEM = (
@@ -246,6 +247,8 @@ class RequestListener:
                 self._listen(conn)
             except (psycopg2.Error, TransientError, FatalError) as error:
                 log.warning("live requests: %s; listening again shortly", _first_line(error))
+            except Exception:  # never a silent end of the live feed: say it, and listen again
+                log.exception("live requests: unexpected failure; listening again shortly")
             finally:
                 if self.listening.is_set():
                     self.listening.clear()
@@ -261,8 +264,12 @@ class RequestListener:
             conn.poll()
             ranges = []
             while conn.notifies:
-                payload = json.loads(conn.notifies.pop(0).payload)
-                ranges.append((int(payload["first"]), int(payload["last"])))
+                payload = conn.notifies.pop(0).payload
+                announced = announced_range(payload)
+                if announced is None:  # anyone who may connect can NOTIFY on the channel
+                    log.warning("live requests: ignored a notification %.80r", payload)
+                else:
+                    ranges.append(announced)
             if ranges:
                 self._publish(self._read(conn, ranges))
 
@@ -296,6 +303,20 @@ class RequestListener:
             self._sent_set.add(item["id"])
             fresh.append(item)
         return fresh
+
+
+def announced_range(payload: str) -> tuple[int, int] | None:
+    """The ids the trigger announced ({"first": lowest, "last": highest}), or None for a
+    payload it did not write. Never raises."""
+    try:
+        announced = json.loads(payload)
+        first, last = announced["first"], announced["last"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    ids = (first, last)
+    if not all(type(i) is int for i in ids) or not 0 < first <= last <= _LAST_ID:
+        return None
+    return first, last
 
 
 def _offer(queue: asyncio.Queue[Any], batch: list[object]) -> None:

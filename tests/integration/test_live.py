@@ -46,12 +46,16 @@ class Stream:
     """A Server-Sent Events connection, read event by event."""
 
     def __init__(self, server: Dashboard, query: str = "", last_id: int | None = None):
-        self.connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        self.connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
         headers = {} if last_id is None else {"Last-Event-ID": str(last_id)}
-        self.connection.request("GET", f"/api/now/stream?{query}", headers=headers)
-        self.response = self.connection.getresponse()
-        assert self.response.status == 200, self.response.read()
-        assert self.response.getheader("Content-Type", "").startswith("text/event-stream")
+        try:
+            self.connection.request("GET", f"/api/now/stream?{query}", headers=headers)
+            self.response = self.connection.getresponse()
+            assert self.response.status == 200, self.response.read()
+            assert self.response.getheader("Content-Type", "").startswith("text/event-stream")
+        except BaseException:
+            self.connection.close()
+            raise
 
     def next(self, timeout: float = 10.0) -> tuple[str, dict[str, Any], str | None]:
         """The next event other than a tick: (name, data, id)."""
@@ -188,6 +192,18 @@ def test_a_reconnecting_browser_gets_what_it_missed(
     assert [item["public_id"] for item in now["requests"]] == ["EXH_02"]
 
 
+def test_a_forged_notification_does_not_stop_the_feed(
+    dashboard_db: DatabaseSettings, server: Dashboard
+) -> None:
+    with stream(server) as live:
+        assert live.next()[0] == "snapshot"
+        for payload in ("garbage", '{"first": 1, "last": 99999999999999999999}', "[" * 7000):
+            query(dashboard_db, "SELECT pg_notify('request_interaction', %s)", (payload,))
+        store(dashboard_db, requests=[("EXH_02", 1, "2026-11-25T10:59:00Z")])
+        name, item, _ = live.next()
+    assert (name, item["public_id"]) == ("request", "EXH_02")
+
+
 def test_a_burst_comes_as_one_snapshot(dashboard_db: DatabaseSettings, server: Dashboard) -> None:
     with stream(server, "request=emergency") as live:
         assert live.next()[0] == "snapshot"
@@ -217,8 +233,9 @@ def test_bad_filters_and_ids_are_refused_before_streaming(server: Dashboard) -> 
 def test_one_listener_serves_every_browser(
     dashboard_db: DatabaseSettings, server: Dashboard
 ) -> None:
-    streams = [Stream(server) for _ in range(12)]
+    streams: list[Stream] = []
     try:
+        streams.extend(Stream(server) for _ in range(12))  # each kept as soon as it opens
         for live in streams:
             assert live.next()[0] == "snapshot"
         store(dashboard_db, requests=[("EXH_00", 1, "2026-11-25T10:58:00Z")])
@@ -238,8 +255,9 @@ def test_one_listener_serves_every_browser(
 
 def test_ctrl_c_stops_the_server_with_browsers_connected(dashboard_db: DatabaseSettings) -> None:
     with dashboard_process(dashboard_db, "--clock-start", CLOCK) as server:
-        streams = [Stream(server) for _ in range(3)]
+        streams: list[Stream] = []
         try:
+            streams.extend(Stream(server) for _ in range(3))
             for live in streams:
                 live.next()
             started = time.monotonic()

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dashboard.filters import FilterError, Filters
-from dashboard.live import Window, event, matches, parse_after
+from dashboard.live import Window, announced_range, event, matches, parse_after
 from lmnh.museum import LONDON, clock_from, closing_time, next_opening
 
 
@@ -122,3 +122,29 @@ def test_closing_time_and_a_clock_started_elsewhere() -> None:
     clock = clock_from(start)
     first, second = clock(), clock()
     assert start <= first <= second < start + timedelta(seconds=5)
+
+
+def test_only_the_triggers_announcements_are_read() -> None:
+    assert announced_range('{"first": 3, "last": 9}') == (3, 9)
+    assert announced_range('{"last": 9, "first": 9, "other": 1}') == (9, 9)
+    for payload in (
+        "",
+        "garbage",
+        "[1, 2]",
+        '{"first": 3}',
+        '{"first": 9, "last": 3}',
+        '{"first": 0, "last": 3}',
+        '{"first": "3", "last": "9"}',
+        '{"first": 3.0, "last": 9}',
+        '{"first": true, "last": 9}',
+        '{"first": 1, "last": 9223372036854775808}',
+        "[" * 100_000,
+    ):
+        assert announced_range(payload) is None, payload
+
+
+@PROPERTY
+@given(st.text())
+def test_any_notification_is_read_or_ignored(payload: str) -> None:
+    announced = announced_range(payload)
+    assert announced is None or 0 < announced[0] <= announced[1] < 2**63
