@@ -3,8 +3,8 @@
 Database settings come from the environment or .env, as for the pipeline; without them the
 local stack's PostgreSQL is used. Stop with Ctrl-C: it ends the pages' live streams at once.
 
-Exit codes: 0 stopped, 1 unexpected error, 2 configuration or usage error (or the dashboard's
-requirements are not installed), 130 stopped by Ctrl-C.
+Exit codes: 0 stopped (Ctrl-C or SIGTERM), 1 unexpected error, 2 configuration or usage error
+(or the dashboard's requirements are not installed), 130 a second Ctrl-C: gave up waiting.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m dashboard",
         description="Serve the live dashboards: /exhibitions (ratings and popularity) and "
         "/safety (assistance and emergency requests). Filters live in the page's URL.",
-        epilog="Exit codes: 0 stopped, 1 unexpected error, 2 configuration or usage, 130 stopped"
-        " by Ctrl-C.",
+        epilog="Exit codes: 0 stopped (Ctrl-C or SIGTERM), 1 unexpected error, 2 configuration"
+        " or usage, 130 a second Ctrl-C: gave up waiting.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
     parser.add_argument(
@@ -107,16 +107,19 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     class Server(uvicorn.Server):
-        """Ends the live streams on Ctrl-C: uvicorn waits for open answers to finish, and a
-        stream to a wall screen never does by itself."""
+        """Ends the live streams on Ctrl-C or SIGTERM: uvicorn waits for open answers to
+        finish, and a stream to a wall screen never does by itself."""
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             app.state.listener.close()
             super().handle_exit(sig, frame)
+            # Stopped as asked: exit 0, as the pipeline does, rather than uvicorn raising the
+            # signal again once stopped (130, or killed by SIGTERM, by how the shell started us).
+            self._captured_signals.clear()
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
-    Server(config).run()
-    return ExitCode.OK
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    server.run()
+    return ExitCode.INTERRUPTED if server.force_exit else ExitCode.OK
 
 
 def instant(text: str) -> datetime:

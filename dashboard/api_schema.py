@@ -106,6 +106,8 @@ class NowBody(BaseModel):
     truncated: bool = Field(description="More matched than are listed.")
 
 
+# Never cache data: a wall screen must see what the database holds now.
+NO_STORE = {"Cache-Control": "no-store"}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "The database is down, busy or refusing us."}
 }

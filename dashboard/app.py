@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboard import live, queries
-from dashboard.api_schema import UNAVAILABLE, ChartBody, ErrorBody, MetaBody
+from dashboard.api_schema import NO_STORE, UNAVAILABLE, ChartBody, ErrorBody, MetaBody
 from dashboard.feed import feed_routes
 from dashboard.filters import RULES, FilterError, Filters, openapi_parameters, parse_filters
 from dashboard.pool import ConnectionPool, ValueRefused
@@ -50,8 +50,6 @@ CHART_NAME = {
     "description": "The chart (see /api/meta's `charts`); any other name is a 404.",
     "schema": {"type": "string", "enum": sorted(CHARTS)},
 }
-# Never cache data: a wall screen must see what the database holds now.
-NO_STORE = {"Cache-Control": "no-store"}
 
 log = logging.getLogger(__name__)
 

@@ -26,15 +26,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from dashboard import feed_queries
-from dashboard.api_schema import UNAVAILABLE, ErrorBody
+from dashboard.api_schema import NO_STORE, UNAVAILABLE, ErrorBody
 from dashboard.feed_queries import PartitionLoad, RejectedRow, Span, Unit
 from dashboard.filters import FilterError, show_value
 from dashboard.pool import ConnectionPool
 from lmnh.museum import LONDON
 
 PAGE = Path(__file__).resolve().parent / "static" / "feed.html"
-# Never cache: an operator must see what the database holds now.
-NO_STORE = {"Cache-Control": "no-store"}
 
 DEFAULT_WINDOW = "24h"
 LATEST = 50  # rejected messages listed, newest first

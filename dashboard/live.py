@@ -30,7 +30,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
 
-from dashboard.api_schema import UNAVAILABLE, ErrorBody, NowBody
+from dashboard.api_schema import NO_STORE, UNAVAILABLE, ErrorBody, NowBody
 from dashboard.filters import (
     NOW_FILTER_NAMES,
     FilterError,
@@ -431,7 +431,7 @@ def routes(
         filters = _filters(request.query_params.multi_items(), at)
         with pool.cursor() as cur:
             body = snapshot(cur, filters, at)
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+        return JSONResponse(body, headers=NO_STORE)
 
     # Not in the OpenAPI document: an answer that never ends is not an API call to fuzz.
     @router.get("/api/now/stream", include_in_schema=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.live import CHROMIUM_FLAGS
 from dashboard.bench import fill
 from lmnh.config import DatabaseSettings
 from tests.integration.dashboard_support import dashboard_db, store
@@ -33,16 +34,6 @@ WIDTH, HEIGHT = 1280, 800  # the browser's window, in CSS pixels
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The README's pictures are about 230 KB each; a blank or half-drawn page is a fraction of that.
 MIN_SCREENSHOT_BYTES = 50_000
-# Flags that keep a headless chromium quiet and self-contained: no GPU, no phoning home.
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 EXHIBITIONS_CHARTS = ["rating-over-time", "popularity", "top-rated"]
 SAFETY_CHARTS = [
     "request-share",

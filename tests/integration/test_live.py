@@ -253,7 +253,10 @@ def test_one_listener_serves_every_browser(
             live.close()
 
 
-def test_ctrl_c_stops_the_server_with_browsers_connected(dashboard_db: DatabaseSettings) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_server_with_browsers_connected(
+    dashboard_db: DatabaseSettings, stop: signal.Signals
+) -> None:
     with dashboard_process(dashboard_db, "--clock-start", CLOCK) as server:
         streams: list[Stream] = []
         try:
@@ -261,10 +264,10 @@ def test_ctrl_c_stops_the_server_with_browsers_connected(dashboard_db: DatabaseS
             for live in streams:
                 live.next()
             started = time.monotonic()
-            server.process.send_signal(signal.SIGINT)
+            server.process.send_signal(stop)
             server.process.wait(timeout=10)
             assert time.monotonic() - started < 5
-            assert server.process.returncode == ExitCode.INTERRUPTED
+            assert server.process.returncode == ExitCode.OK  # stopped as asked
             for live in streams:
                 with pytest.raises(EOFError):
                     live.next(timeout=5)
