@@ -612,7 +612,7 @@ def feed_routes(pool: ConnectionPool, clock: Callable[[], datetime]) -> APIRoute
         window = read(request, ["window"])
         with pool.cursor() as cur:
             now = feed_queries.database_now(cur)
-            counted = feed_queries.rejected_by_reason(cur, window.span(now))
+            counted = feed_queries.rejected_by(cur, window.span(now), "reason_code")
         return _answer(rejected_body(window, now, counted))
 
     @router.get(
@@ -627,7 +627,7 @@ def feed_routes(pool: ConnectionPool, clock: Callable[[], datetime]) -> APIRoute
             now = feed_queries.database_now(cur)
             span = window.span(now)
             names = feed_queries.exhibitions(cur)
-            rejects = feed_queries.rejected_by_site(cur, span)
+            rejects = feed_queries.rejected_by(cur, span, "named_exhibition")
             stored = feed_queries.stored_by_exhibition(cur, span)
         return _answer(exhibitions_body(window, now, names, rejects, stored))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, overload
 
 from psycopg2 import sql
 from psycopg2.extensions import cursor as Cursor
@@ -89,27 +89,26 @@ def database_now(cur: Cursor) -> datetime:
     return now  # type: ignore[no-any-return]
 
 
-def rejected_by_reason(cur: Cursor, span: Span) -> list[tuple[datetime, str, int]]:
-    """(bucket, reason code, rejected messages received in it), by bucket then code."""
+@overload
+def rejected_by(
+    cur: Cursor, span: Span, column: Literal["reason_code"]
+) -> list[tuple[datetime, str, int]]: ...
+@overload
+def rejected_by(
+    cur: Cursor, span: Span, column: Literal["named_exhibition"]
+) -> list[tuple[datetime, str | None, int]]: ...
+def rejected_by(
+    cur: Cursor, span: Span, column: Literal["reason_code", "named_exhibition"]
+) -> list[tuple[datetime, Any, int]]:
+    """(bucket, `column`, rejected messages received in it), by bucket then `column`: the
+    reason code, or the named exhibition (None for the messages that named none)."""
     query = sql.SQL(
-        "SELECT {bucket} AS bucket, reason_code, count(*) FROM rejected_message"
+        "SELECT {bucket} AS bucket, {column}, count(*) FROM rejected_message"
         " WHERE received_at >= %(since)s AND received_at < %(until)s"
         " GROUP BY 1, 2 ORDER BY 1, 2"
-    ).format(bucket=_bucket("received_at"))
+    ).format(bucket=_bucket("received_at"), column=sql.Identifier(column))
     cur.execute(query, _parameters(span))
-    return [(bucket, code, int(count)) for bucket, code, count in cur.fetchall()]
-
-
-def rejected_by_site(cur: Cursor, span: Span) -> list[tuple[datetime, str | None, int]]:
-    """(bucket, named exhibition, rejected messages received in it), by bucket then site; the
-    exhibition is None for the messages that named none."""
-    query = sql.SQL(
-        "SELECT {bucket} AS bucket, named_exhibition, count(*) FROM rejected_message"
-        " WHERE received_at >= %(since)s AND received_at < %(until)s"
-        " GROUP BY 1, 2 ORDER BY 1, 2"
-    ).format(bucket=_bucket("received_at"))
-    cur.execute(query, _parameters(span))
-    return [(bucket, site, int(count)) for bucket, site, count in cur.fetchall()]
+    return [(bucket, value, int(count)) for bucket, value, count in cur.fetchall()]
 
 
 def stored_by_exhibition(cur: Cursor, span: Span) -> list[tuple[datetime, str, int]]:

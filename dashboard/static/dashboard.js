@@ -14,7 +14,7 @@
   const FILTER_KEYS = ["from", "to", "days", "exhibition", "floor", "request", "hour_from", "hour_to"];
   const CHART_OPTIONS = { "requests-by-time-of-day": ["granularity"], "request-heatmap": ["heatmap"] };
   const PERIODS = [[1, "Today"], [7, "Last 7 days"], [30, "Last 30 days"], [90, "Last 90 days"], [365, "Last 12 months"], [730, "Last 2 years"]];
-  const REFRESH_CHOICES = [[10, "10 s"], [30, "30 s"], [60, "1 min"], [300, "5 min"], [0, "off"]];
+  const { REFRESH_CHOICES, getJson, describeRefresh } = window.lmnh;
   const LONDON = "Europe/London";
   const clock = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, hour: "2-digit", minute: "2-digit", second: "2-digit" });
   const dayAndTime = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
@@ -55,29 +55,7 @@
     return query;
   }
 
-  function refreshSeconds() {
-    const raw = params().get("refresh");
-    const value = raw === null ? meta?.refresh_seconds ?? 30 : Number(raw);
-    return Number.isFinite(value) && value >= 0 ? value : 30;
-  }
-
-  // ---- Talking to the server ------------------------------------------------------------
-  async function getJson(path) {
-    let response;
-    try {
-      response = await fetch(path, { cache: "no-store" });
-    } catch (error) {
-      throw new Error("the dashboard server is not answering");
-    }
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (error) {
-      body = null;
-    }
-    if (!response.ok) throw new Error(body?.error || `the server answered ${response.status}`);
-    return body;
-  }
+  const refreshSeconds = () => window.lmnh.refreshSeconds(meta?.refresh_seconds);
 
   // ---- Filters --------------------------------------------------------------------------
   function option(value, label, selected) {
@@ -517,7 +495,7 @@
   // ---- Freshness and the refresh loop ----------------------------------------------------
   function showFreshness(freshness, error) {
     const status = document.getElementById("status");
-    const every = refreshSeconds() ? `refreshes every ${REFRESH_CHOICES.find(([s]) => s === refreshSeconds())?.[1] || `${refreshSeconds()} s`}` : "auto-refresh off";
+    const every = describeRefresh(refreshSeconds());
     if (error) {
       showBanner("error", `Cannot load the data: ${error.message}. Retrying every ${refreshSeconds() || 30} s; the charts show the last data that loaded.`);
       status.textContent = `Last attempt ${clock.format(new Date())} · ${every}`;

@@ -11,7 +11,7 @@
   const DASHES = [[1, 0], [8, 4], [2, 3], [12, 3, 2, 3], [4, 4]];
   const DEFAULT_WINDOW = "24h";
   const WINDOW_LABELS = { "1h": "the last hour", "24h": "the last 24 hours", "7d": "the last 7 days" };
-  const REFRESH_CHOICES = [[10, "10 s"], [30, "30 s"], [60, "1 min"], [300, "5 min"], [0, "off"]];
+  const { REFRESH_CHOICES, getJson, describeRefresh } = window.lmnh;
   // The state's word and symbol carry it; the colour only repeats them.
   const STATES = {
     running: { symbol: "●", label: "Running" },
@@ -48,28 +48,7 @@
 
   const windowName = () => params().get("window") || DEFAULT_WINDOW;
 
-  function refreshSeconds() {
-    const raw = params().get("refresh");
-    const value = raw === null ? serverRefresh ?? 30 : Number(raw);
-    return Number.isFinite(value) && value >= 0 ? value : 30;
-  }
-
-  async function getJson(path) {
-    let response;
-    try {
-      response = await fetch(path, { cache: "no-store" });
-    } catch (error) {
-      throw new Error("the dashboard server is not answering");
-    }
-    let body = null;
-    try {
-      body = await response.json();
-    } catch (error) {
-      body = null;
-    }
-    if (!response.ok) throw new Error(body?.error || `the server answered ${response.status}`);
-    return body;
-  }
+  const refreshSeconds = () => window.lmnh.refreshSeconds(serverRefresh);
 
   // ---- Building the page from text -------------------------------------------------------
   /* An element with text children only: strings become text nodes, never markup. */
@@ -384,7 +363,7 @@
   function showStatus(ok) {
     const status = document.getElementById("status");
     const seconds = refreshSeconds();
-    const every = seconds ? `refreshes every ${REFRESH_CHOICES.find(([s]) => s === seconds)?.[1] || `${seconds} s`}` : "auto-refresh off";
+    const every = describeRefresh(seconds);
     const updated = ok && databaseNow ? `Updated ${clock.format(new Date(databaseNow))}` : `Last attempt ${clock.format(new Date())}`;
     const strong = el("strong", null, updated);
     status.replaceChildren(strong, ` · ${every}`);

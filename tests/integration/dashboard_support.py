@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import time as wall_time
 
 import pytest
 from psycopg2 import sql
@@ -19,7 +21,18 @@ from psycopg2 import sql
 from dashboard import VIEWS_FILE
 from lmnh.config import DatabaseSettings, Settings
 from lmnh.database import connect, create_database, drop_database
+from lmnh.museum import LONDON
 from tests.integration.support import PYTHON, ROOT, clean_env
+
+# The exhibitions of the seed data, by public id.
+NAMES = {
+    "EXH_00": "Measureless to Man",
+    "EXH_01": "Adaptation",
+    "EXH_02": "The Crenshaw Collection",
+    "EXH_03": "Cetacean Sensations",
+    "EXH_04": "Our Polluted World",
+    "EXH_05": "Thunder Lizards",
+}
 
 # (public_id, rating value or request value, ISO time with offset)
 Interaction = tuple[str, int, str]
@@ -96,6 +109,17 @@ def query(database: DatabaseSettings, statement: str, params: tuple[object, ...]
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
+
+
+ELEVEN = wall_time(11)
+
+
+def latest_eleven(now: datetime) -> datetime:
+    """11:00 London today, or yesterday before then: inside opening hours and not in the
+    future, for a dashboard whose clock must say the museum is open whatever the hour."""
+    london = now.astimezone(LONDON)
+    eleven = datetime.combine(london.date(), ELEVEN, LONDON)
+    return eleven if eleven <= now else eleven - timedelta(days=1)
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,10 @@ The run also takes full-page screenshots of both pages and checks them, into a t
 from __future__ import annotations
 
 import shutil
-import socket
 import struct
-import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,8 +19,13 @@ import pytest
 from bench.live import CHROMIUM_FLAGS
 from dashboard.bench import fill
 from lmnh.config import DatabaseSettings
-from tests.integration.dashboard_support import dashboard_db, store
-from tests.integration.support import PYTHON, ROOT, Target, clean_env
+from tests.integration.dashboard_support import (
+    dashboard_db,
+    dashboard_process,
+    latest_eleven,
+    store,
+)
+from tests.integration.support import Target
 
 pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
@@ -52,45 +53,15 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra)")
 
 
-@contextmanager
-def running_dashboard(env: dict[str, str]) -> Iterator[str]:
-    """`python -m dashboard` on a free port with these settings, until the block ends."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null"]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310 - local
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output = process.stdout.read() if process.stdout else ""
-                    pytest.fail(f"the dashboard did not start: {output[-2000:]}")
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        if process.stdout:
-            process.stdout.close()
-
-
 @pytest.fixture
 def server(dashboard_db: DatabaseSettings) -> Iterator[str]:
     """The dashboard over 30 days of generated history, plus a rating a minute old so that the
-    data is fresh."""
+    data is fresh; its clock inside opening hours, so that the museum is open at any hour."""
     fill(dashboard_db, 20_000, 30)
-    a_minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    store(dashboard_db, [("EXH_02", 2, a_minute_ago)])
-    with running_dashboard({**clean_env(), "DB_NAME": dashboard_db.name}) as url:
-        yield url
+    opened = latest_eleven(datetime.now(UTC))
+    store(dashboard_db, [("EXH_02", 2, (opened - timedelta(minutes=1)).isoformat())])
+    with dashboard_process(dashboard_db, "--clock-start", opened.isoformat()) as dashboard:
+        yield dashboard.url
 
 
 @pytest.fixture
@@ -249,7 +220,8 @@ def test_pages_follow_the_simulated_stream_live(target: Target, browser: sync_ap
     """Kiosks -> Kafka -> pipeline -> PostgreSQL -> a page that refreshes itself every 2 s."""
     first = target.simulate("--backfill", "2", "--count", "400", "--seed", "11")
     target.pipeline()
-    with running_dashboard(dict(target.env)) as url:
+    with dashboard_process(target.settings.database) as dashboard:
+        url = dashboard.url
         page = browser.new_page()
         problems = Problems(page)
         page.goto(f"{url}/exhibitions?days=3&refresh=2")

@@ -27,7 +27,7 @@ from lmnh.config import DatabaseSettings, load_config
 from lmnh.database import connect
 from lmnh.museum import LONDON
 from tests.integration.conftest import MakeLogin
-from tests.integration.dashboard_support import dashboard_db, query, store
+from tests.integration.dashboard_support import NAMES, dashboard_db, query, store
 from tests.integration.support import Target
 
 pytestmark = pytest.mark.integration
@@ -35,14 +35,6 @@ __all__ = ["dashboard_db"]
 
 # The server's own clock, far from the database's: the Feed counts on the database's clock.
 SERVER_NOW = datetime(2026, 10, 24, 9, 0, tzinfo=UTC)
-NAMES = {
-    "EXH_00": "Measureless to Man",
-    "EXH_01": "Adaptation",
-    "EXH_02": "The Crenshaw Collection",
-    "EXH_03": "Cetacean Sensations",
-    "EXH_04": "Our Polluted World",
-    "EXH_05": "Thunder Lizards",
-}
 
 # Read once, from an app that never connects.
 schema = schemathesis.openapi.from_asgi(
@@ -204,7 +196,7 @@ def test_buckets_are_london_days_and_whole_hours_across_the_autumn_clock_change(
             }
             rejects_by_day = {
                 (bucket.astimezone(UTC).isoformat(), n)
-                for bucket, _site, n in feed_queries.rejected_by_site(cur, days)
+                for bucket, _site, n in feed_queries.rejected_by(cur, days, "named_exhibition")
             }
             hours = WINDOWS["24h"].span(datetime.fromisoformat("2026-10-25T02:10:00Z"))
             by_hour = [

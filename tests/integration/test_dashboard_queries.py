@@ -13,21 +13,13 @@ from dashboard import queries
 from dashboard.filters import Filters, parse_filters
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
-from tests.integration.dashboard_support import RATINGS, REQUESTS, dashboard_db, store
+from tests.integration.dashboard_support import NAMES, RATINGS, REQUESTS, dashboard_db, store
 
 pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
 
 MARCH = "from=2026-03-28&to=2026-03-31"
 OCTOBER = "from=2026-10-24&to=2026-10-26"
-NAMES = {
-    "EXH_00": "Measureless to Man",
-    "EXH_01": "Adaptation",
-    "EXH_02": "The Crenshaw Collection",
-    "EXH_03": "Cetacean Sensations",
-    "EXH_04": "Our Polluted World",
-    "EXH_05": "Thunder Lizards",
-}
 
 
 @pytest.fixture

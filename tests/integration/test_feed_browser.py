@@ -17,12 +17,10 @@ import pytest
 from dashboard.feed import show_raw
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
-from tests.integration.dashboard_support import dashboard_db, query, store
-from tests.integration.support import clean_env
+from tests.integration.dashboard_support import dashboard_db, dashboard_process, query, store
 from tests.integration.test_dashboard_browser import (
     Problems,
     browser,
-    running_dashboard,
     screenshot,
     screenshots,
     sync_api,
@@ -117,8 +115,8 @@ def feed_server(dashboard_db: DatabaseSettings) -> Iterator[str]:
     fill_a_day(dashboard_db)
     pipeline = connect(dashboard_db, application_name="lmnh-pipeline")
     try:
-        with running_dashboard({**clean_env(), "DB_NAME": dashboard_db.name}) as url:
-            yield url
+        with dashboard_process(dashboard_db) as dashboard:
+            yield dashboard.url
     finally:
         pipeline.close()
 
@@ -177,7 +175,7 @@ def test_the_feed_renders_and_shows_hostile_messages_as_text(
         "script:not([src])",
     ):
         assert page.locator(injected).count() == 0, injected
-    assert page.locator("script").count() == 3  # vega, vega-lite and the page's own
+    assert page.locator("script").count() == 4  # vega, vega-lite, the pages' shared and its own
 
     # The window is in the URL; the charts follow it.
     page.select_option('select[name="window"]', "1h")
@@ -197,7 +195,8 @@ def test_a_window_that_cannot_be_read_and_a_stopped_pipeline_say_so(
         "INSERT INTO kafka_offset (kafka_topic, kafka_partition, next_offset, updated_at)"
         " VALUES ('kiosks', 0, 10, now() - interval '3 hours')",
     )
-    with running_dashboard({**clean_env(), "DB_NAME": dashboard_db.name}) as url:
+    with dashboard_process(dashboard_db) as dashboard:
+        url = dashboard.url
         page = browser.new_page()
         page.goto(f"{url}/feed?window=2h")
         wait_for_cycle(page)

@@ -1,0 +1,40 @@
+/* What the pages' scripts share: reading the server's JSON answers, and the page's refresh
+ * setting (the URL's refresh=N, else the server's --refresh-seconds). */
+(() => {
+  "use strict";
+
+  const REFRESH_CHOICES = [[10, "10 s"], [30, "30 s"], [60, "1 min"], [300, "5 min"], [0, "off"]];
+
+  /* The JSON body of a good answer; for a bad one, an Error with the server's own `error`. */
+  async function getJson(path) {
+    let response;
+    try {
+      response = await fetch(path, { cache: "no-store" });
+    } catch (error) {
+      throw new Error("the dashboard server is not answering");
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (error) {
+      body = null;
+    }
+    if (!response.ok) throw new Error(body?.error || `the server answered ${response.status}`);
+    return body;
+  }
+
+  /* Seconds between reloads, 0 for off; `serverDefault` until the server has said (null). */
+  function refreshSeconds(serverDefault) {
+    const raw = new URLSearchParams(location.search).get("refresh");
+    const value = raw === null ? serverDefault ?? 30 : Number(raw);
+    return Number.isFinite(value) && value >= 0 ? value : 30;
+  }
+
+  /* "refreshes every 30 s", or "auto-refresh off". */
+  function describeRefresh(seconds) {
+    if (!seconds) return "auto-refresh off";
+    return `refreshes every ${REFRESH_CHOICES.find(([s]) => s === seconds)?.[1] || `${seconds} s`}`;
+  }
+
+  window.lmnh = Object.freeze({ REFRESH_CHOICES, getJson, refreshSeconds, describeRefresh });
+})();
