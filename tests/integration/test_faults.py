@@ -247,7 +247,12 @@ def test_a_locked_table_is_waited_for_without_leaving_the_group(
     log = tmp_path / "pipeline.log"
     locker = connect(target.settings.database)
     with locker.cursor() as cur:
-        cur.execute("LOCK TABLE rating_interaction IN ACCESS EXCLUSIVE MODE")
+        # Every table a batch may write: a first batch of one request or reject (the first
+        # message is taken alone) must wait too.
+        cur.execute(
+            "LOCK TABLE rating_interaction, request_interaction, rejected_message"
+            " IN ACCESS EXCLUSIVE MODE"
+        )
     process = target.start_pipeline(log, "--follow", "--group-id", group, env=POLL_INTERVAL)
     try:
         try:
