@@ -76,11 +76,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--group-id", help="consumer group (default: KAFKA_GROUP_ID or lmnh-pipeline)"
     )
-    parser.add_argument(
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--from-beginning",
         action="store_true",
-        help="a new group starts at the oldest message instead of the newest (partitions the "
-        "database has loaded before always resume where it stopped)",
+        help="a partition the database has never loaded starts at the oldest message the topic"
+        " holds (the default); one it has loaded always resumes where it stopped",
+    )
+    start.add_argument(
+        "--from-newest",
+        action="store_true",
+        help="a partition the database has never loaded starts at the newest message: only what"
+        " arrives from now on is loaded",
     )
     parser.add_argument(
         "--batch-size", type=positive_int, default=10000, help="messages per transaction"
@@ -168,7 +175,7 @@ def _load(args: argparse.Namespace) -> int:
             settings.kafka,
             args.topic,
             args.group_id or settings.kafka.group_id,
-            from_beginning=args.from_beginning,
+            from_beginning=not args.from_newest,
             start_offsets=pipeline.start_offsets,
             before_revoke=pipeline.drain,
         )

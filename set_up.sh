@@ -2,7 +2,8 @@
 # The main job from a fresh clone: a virtualenv with the locked requirements, the local stack
 # (or the cluster and database that .env names), the schema, 30 days of simulated history in
 # an empty topic, then the pipeline over the messages not yet loaded, up to its default --limit
-# of 100,000 (a 30-day backfill is well under that; run kafka_pipeline.py again for more). Safe to re-run: each step
+# of 100,000 (a 30-day backfill is well under that; run kafka_pipeline.py again for more),
+# then the monthly partitions. Safe to re-run: each step
 # skips what is already done, and the pipeline resumes where the database says it stopped.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -32,6 +33,9 @@ step "30 days of simulated kiosk history (only into an empty topic)"
 
 step "Pipeline: validate and load up to 100,000 messages not yet loaded (invalid ones logged to invalid-messages.log)"
 .venv/bin/python kafka_pipeline.py --from-beginning --logfile invalid-messages.log
+
+step "Monthly partitions: months ahead made, the history moved out of the DEFAULT partitions (what lmnh-maintain.timer does daily)"
+.venv/bin/python -m lmnh.schema maintain | tail -n 1
 
 cat <<'NEXT'
 

@@ -6,8 +6,10 @@ and database listeners are watched.
 On the local stack, with a topic, a database and a consumer group of its own (all removed at
 the end, also on Ctrl-C): `kafka_pipeline.py --follow`, `python -m dashboard --clock-start`
 (a "pretend now" inside opening hours, so that the validator stores what is produced whatever
-the hour) and Debian's chromium driven by Playwright. Prints a table; writes the figures as
-JSON under bench/results/ only with --save.
+the hour) and Debian's chromium driven by Playwright; with `--proxy`, the browser reaches the
+dashboard through Caddy and deploy/caddy/Caddyfile over HTTPS, as a museum runs it (bench/proxy.py:
+a throwaway CA that the browser trusts). Prints a table; writes the figures as JSON under
+bench/results/ only with --save.
 
 Exit codes: 0 done (the table says whether the target was met), 1 an emergency never
 appeared, a page was no longer live, the server held other than one database listener, or the
@@ -56,8 +58,11 @@ from bench.local import (
     query,
     read_topic,
     start_pipeline,
+    stop,
 )
 from bench.machine import describe, git_state
+from bench.proxy import browser_home, running_proxy, throwaway_certificates
+from bench.proxy import unavailable as proxy_unavailable
 from bench.report import format_table, mib, percentile, thousands
 from lmnh.cli import positive_int, positive_number, run
 from lmnh.config import DatabaseSettings, KafkaSettings
@@ -444,6 +449,14 @@ def render_live(result: Mapping[str, Any]) -> str:
                 + f" ({len(rss['samples'])} samples, every {rss['every_seconds']:g} s)",
             ]
         )
+    facts.append(
+        [
+            "browser to dashboard",
+            "HTTPS through Caddy (deploy/caddy/Caddyfile)"
+            if settings.get("proxy")
+            else "plain HTTP, direct",
+        ]
+    )
     facts.append(["pretend clock from", settings["clock_start"]])
     machine = result["machine"]
     facts.append(
@@ -621,7 +634,7 @@ def running_dashboard(
             time.sleep(0.1)
         yield url, process
     finally:
-        _stop(process)
+        stop(process, STOP_TIMEOUT_S)
 
 
 def _answers(url: str) -> bool:
@@ -641,16 +654,6 @@ def server_now(url: str) -> tuple[datetime, float]:
     return datetime.fromisoformat(meta["now"]), time.monotonic()
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def listeners(database: DatabaseSettings, name: str) -> int:
     """Sessions of the dashboard's LISTEN connection on database `name`."""
     rows = query(
@@ -666,8 +669,9 @@ class Screens:
     context keeps at most six connections to one server, and each page holds one open for
     its stream."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, home: Path | None = None) -> None:
         self._count = count
+        self._home = home  # a HOME whose NSS database trusts the proxy's CA
         self._stack = contextlib.ExitStack()
         self.pages: list[Page] = []
 
@@ -681,8 +685,11 @@ class Screens:
         if not Path(CHROMIUM).exists():
             raise ConfigError([f"{CHROMIUM} is missing: apt-get install chromium"])
         playwright = self._stack.enter_context(sync_playwright())
+        env: dict[str, str | float | bool] | None = None
+        if self._home is not None:
+            env = {**os.environ, "HOME": str(self._home)}
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS, env=env
         )
         self._stack.callback(browser.close)
         for _ in range(self._count):
@@ -775,6 +782,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the dashboard's pretend now (default: now while the museum is open for more than"
         " an hour, else the latest 11:00 London)",
     )
+    parser.add_argument(
+        "--proxy",
+        action="store_true",
+        help="the browser reaches the dashboard through Caddy (deploy/caddy/Caddyfile) over"
+        " HTTPS, with a throwaway CA that it trusts; needs caddy, openssl and certutil",
+    )
     parser.add_argument("--seed", type=int, default=1, help="traffic and schedule (default 1)")
     parser.add_argument(
         "--save", action="store_true", help="also write the figures as JSON to --results-dir"
@@ -811,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, command: str) -> int:
+    if args.proxy and (missing := proxy_unavailable()):
+        raise ConfigError([missing])
     settings = local_settings()
     wait_until_ready(settings.kafka, READY_TIMEOUT_S)
     connect(settings.database).close()
@@ -835,6 +850,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
             "clock_start": clock_start.isoformat(timespec="seconds"),
             "seed": args.seed,
             "page": PAGE_PATH,
+            "proxy": args.proxy,
         },
     }
     resources = Resources(settings, started.strftime("%Y%m%d%H%M%S"))
@@ -909,13 +925,16 @@ def _run(live: LiveRun) -> None:
     try:
         _wait_for(lambda: " assigned " in (scratch / "pipeline.err").read_text(), "joined")
         monitor.start()
-        with running_dashboard(database, clock_start, scratch) as (url, dashboard):
+        with (
+            running_dashboard(database, clock_start, scratch) as (url, dashboard),
+            _front(url, scratch, args.proxy) as (page_url, home),
+        ):
             pretend, anchor = server_now(url)
             clock = PretendClock(pretend, anchor)
             with Traffic(settings.kafka, topic, clock, args.rate, args.seed) as traffic:
                 progress(f"{thousands(args.rate)} msg/s of background traffic; opening the pages")
-                with Screens(args.browsers) as screens:
-                    screens.open(url + PAGE_PATH)
+                with Screens(args.browsers, home) as screens:
+                    screens.open(page_url + PAGE_PATH)
                     _measure(live, database, screens, traffic, dashboard)
         traffic.check_all_acked()
         progress(
@@ -929,7 +948,7 @@ def _run(live: LiveRun) -> None:
     finally:
         if monitor.is_alive():
             monitor.stop()
-        _stop(pipeline)
+        stop(pipeline, STOP_TIMEOUT_S)
     ended = finish_pipeline(pipeline, pipeline_started, scratch, "pipeline")
     if ended.exit_code != 0:
         raise BenchError(f"the pipeline exited {ended.exit_code}: {ended.stderr[-2000:]}")
@@ -944,6 +963,19 @@ def _run(live: LiveRun) -> None:
     }
     progress("reading the topic back for the pipeline's own freshness")
     _pipeline_figures(resources, topic, monitor, traffic, live.result)
+
+
+@contextlib.contextmanager
+def _front(url: str, scratch: Path, proxy: bool) -> Iterator[tuple[str, Path | None]]:
+    """What the pages open: the dashboard itself, or Caddy in front of it over HTTPS (with
+    the home folder whose NSS database trusts the run's CA)."""
+    if not proxy:
+        yield url, None
+        return
+    certificates = throwaway_certificates(scratch / "tls")
+    home = browser_home(scratch / "browser-home", certificates)
+    with running_proxy(url.removeprefix("http://"), certificates, scratch / "caddy") as front:
+        yield front.url, home
 
 
 def _measure(

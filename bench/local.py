@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -155,6 +156,17 @@ class Resources:
                 with contextlib.suppress(Exception):
                     future.result()
             self._groups.clear()
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """End a process the benchmark started: SIGTERM, then SIGKILL after `timeout_s`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[str]:

@@ -19,9 +19,10 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
+from dashboard.pool import APPLICATION_NAME, GRACE_S, SIZE, STATEMENT_TIMEOUT_S, WAIT_S
 from lmnh.cli import load_settings, positive_int, run
 from lmnh.config import DatabaseSettings
-from lmnh.database import connect
+from lmnh.database import connect, require_schema
 from lmnh.errors import ConfigError, ExitCode, FatalError, TransientError
 from lmnh.museum import clock_from
 
@@ -53,6 +54,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=15,
         help="warn on the pages once the newest interaction is older than this (default 15)",
     )
+    parser.add_argument(
+        "--pool-size",
+        type=positive_int,
+        default=SIZE,
+        help="database connections the pages' reads may hold at once; a request waits up to"
+        f" {WAIT_S:g} s for one, then gets a 503 (default {SIZE}; the live feed has one more)",
+    )
+    parser.add_argument(
+        "--statement-timeout",
+        type=positive_int,
+        default=STATEMENT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="cut off a query that runs longer; one with no answer "
+        f"{GRACE_S:g} s after that is abandoned (default {STATEMENT_TIMEOUT_S})",
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=positive_int,
+        help="live streams open at once; a 503 beyond (default 200)",
+    )
     parser.add_argument("--env-file", type=Path, help="settings file (default ./.env)")
     parser.add_argument(
         "--clock-start",
@@ -77,7 +98,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from dashboard.app import create_app
+        from dashboard.app import Limits, create_app
+        from dashboard.live import MAX_STREAMS
     except ImportError as error:
         raise ConfigError(
             [
@@ -98,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings.database,
         refresh_seconds=args.refresh_seconds,
         stale_minutes=args.stale_minutes,
+        limits=Limits(args.pool_size, args.statement_timeout, args.max_streams or MAX_STREAMS),
         clock=args.clock_start and clock_from(args.clock_start),
     )
     url = f"http://{args.host}:{args.port}"
@@ -144,11 +167,17 @@ def _can_listen(host: str, port: int) -> bool:
 
 
 def _check_database(database: DatabaseSettings) -> None:
-    """Say at start-up when the database does not answer; the pages show it too, and recover."""
+    """Say at start-up when the database does not answer (the pages show it too, and
+    recover); refuse one whose schema is at another version than this release's (exit 6)."""
     try:
-        connect(database, application_name="lmnh-dashboard").close()
+        conn = connect(database, application_name=APPLICATION_NAME)
     except (TransientError, FatalError) as error:
         print(f"warning: {error}; the pages will say so until it answers", file=sys.stderr)
+        return
+    try:
+        require_schema(conn)
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":

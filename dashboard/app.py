@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,15 @@ from dashboard import live, queries
 from dashboard.api_schema import NO_STORE, UNAVAILABLE, ChartBody, ErrorBody, MetaBody
 from dashboard.feed import feed_routes
 from dashboard.filters import RULES, FilterError, Filters, openapi_parameters, parse_filters
-from dashboard.pool import ConnectionPool, ValueRefused
+from dashboard.pool import (
+    NOT_ANSWERING,
+    REFUSED,
+    SIZE,
+    STATEMENT_TIMEOUT_S,
+    ConnectionPool,
+    Unavailable,
+    ValueRefused,
+)
 from lmnh.config import DatabaseSettings
 from lmnh.errors import FatalError, TransientError
 from lmnh.metrics import RequestMetrics
@@ -43,6 +52,7 @@ CHARTS: dict[str, Callable[[Cursor, Filters], list[queries.Row]]] = {
     "requests-by-exhibition": queries.requests_by_exhibition,
     "request-heatmap": queries.request_heatmap,
 }
+RETRY_SOON = {"Retry-After": "5"}
 CHART_NAME = {
     "name": "name",
     "in": "path",
@@ -54,19 +64,33 @@ CHART_NAME = {
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one server may hold: database connections for the pages' reads (the live feed has
+    one more), how long one of their queries may run, and live streams open at once."""
+
+    pool_size: int = SIZE
+    statement_timeout_s: int = STATEMENT_TIMEOUT_S
+    max_streams: int = live.MAX_STREAMS
+
+
 def create_app(
     database: DatabaseSettings,
     *,
     refresh_seconds: int = 30,
     stale_minutes: int = 15,
-    pool_size: int = 4,
+    limits: Limits | None = None,
     clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
     """The dashboard app on `database`. The pages refresh every `refresh_seconds` unless their
     URL says otherwise, and call the data stale once the newest interaction is older than
-    `stale_minutes`. `clock` gives "now" (default: the real one): what today is, whether the
-    museum is open, what "Now" shows. `app.state.listener.close()` ends the live streams."""
-    pool = ConnectionPool(database, size=pool_size)
+    `stale_minutes`, within `limits` (default `Limits()`). `clock` gives "now" (default: the
+    real one): what today is, whether the museum is open, what "Now" shows.
+    `app.state.listener.close()` ends the live streams."""
+    limits = limits or Limits()
+    pool = ConnectionPool(
+        database, limits.pool_size, statement_timeout_s=limits.statement_timeout_s
+    )
     metrics = RequestMetrics("lmnh_dashboard")
     now = clock or (lambda: datetime.now(LONDON))
     listener = live.RequestListener(database, now)
@@ -154,7 +178,7 @@ def create_app(
         body = {"chart": name, "filters": filters.as_query(), "bucket": filters.bucket}
         return JSONResponse({**body, "rows": rows}, headers=NO_STORE)
 
-    app.include_router(live.routes(listener, pool, now))
+    app.include_router(live.routes(listener, pool, now, max_streams=limits.max_streams))
     app.include_router(feed_routes(pool, now))
 
     @app.get("/metrics", include_in_schema=False)
@@ -190,15 +214,26 @@ def _answer_errors_in_json(app: FastAPI) -> None:
         message = f"{request.method} {request.url.path}: {error.detail}"
         return _error(error.status_code, message, headers=error.headers)
 
+    # A database's user, host, port and name are for the log, never for an answer.
+    @app.exception_handler(Unavailable)
+    def database_unavailable(_request: Request, error: Unavailable) -> Response:
+        log.warning("%s", error.detail)
+        return _error(503, str(error), headers=RETRY_SOON)
+
     @app.exception_handler(TransientError)
     def database_down(_request: Request, error: TransientError) -> Response:
         log.warning("%s", error)
-        return _error(503, str(error))
+        return _error(503, NOT_ANSWERING, headers=RETRY_SOON)
 
     @app.exception_handler(FatalError)
     def database_refused(_request: Request, error: FatalError) -> Response:
         log.error("%s", error)
-        return _error(503, str(error))
+        return _error(503, REFUSED, headers=RETRY_SOON)
+
+    @app.exception_handler(Exception)
+    def unexpected(request: Request, _exception: Exception) -> Response:
+        # Starlette logs the traceback; the answer says nothing of the server's insides.
+        return _error(500, f"{request.method} {request.url.path}: internal error")
 
 
 class RequestMetricsMiddleware:

@@ -27,10 +27,10 @@ from pydantic import BaseModel, Field
 
 from dashboard import feed_queries
 from dashboard.api_schema import NO_STORE, UNAVAILABLE, ErrorBody
-from dashboard.feed_queries import PartitionLoad, RejectedRow, Span, Unit
+from dashboard.feed_queries import Exhibition, PartitionLoad, RejectedRow, Span, Unit
 from dashboard.filters import FilterError, show_value
 from dashboard.pool import ConnectionPool
-from lmnh.museum import LONDON
+from lmnh.museum import LONDON, OPENS, in_opening_hours
 
 PAGE = Path(__file__).resolve().parent / "static" / "feed.html"
 
@@ -46,13 +46,21 @@ RAW_HEAD_BYTES = 4 * RAW_SHOWN_CHARS + 3
 # what arrived while the batch before was stored, which the next batch takes whole; beyond a
 # batch it needs several batches in a row to catch up (a backlog, or a feed faster than it).
 BEHIND_MESSAGES = 10_000
-# Also behind: messages waited on a partition at its last batch and nothing was stored from it
-# for this long since; the pipeline's own /health calls that stalled (--health-stall-seconds).
+# Stalled: messages waited at the last batch and no batch at all was stored for this long since,
+# the rule of the pipeline's own /health at its default --health-stall-seconds. Behind: messages
+# waited on one partition at its last batch and none was stored from it for this long, while
+# other partitions were stored.
 STALL = timedelta(seconds=60)
 MINUTE = timedelta(minutes=1)
 HOUR_MINUTES = 60
+# Quiet: no interaction of an exhibition stored for this long while the museum is open (and
+# has been for this long): the time of the alert LmnhKioskQuiet, long enough that the quietest
+# room at the quietest hour is not called quiet (docs/deploy.md). Only for an exhibition that
+# stored one within SEEN, as the alert only judges a kiosk it has heard from within a week.
+QUIET = timedelta(minutes=90)
+SEEN = timedelta(days=7)
 
-State = Literal["running", "behind", "stopped", "never_run"]
+State = Literal["running", "behind", "stalled", "stopped", "never_run"]
 WindowName = Literal["1h", "24h", "7d"]
 _STEPS: dict[Unit, timedelta] = {"minute": MINUTE, "hour": timedelta(hours=1)}
 # Characters that would be invisible, or would reorder or break the text around them: controls,
@@ -224,34 +232,63 @@ def _escape(char: str) -> str | None:
 class PipelineState:
     state: State
     reason: str
+    stalled_since: datetime | None = None  # the last batch, when stalled
 
 
 def judge_pipeline(
     sessions: int, partitions: Sequence[PartitionLoad], now: datetime
 ) -> PipelineState:
-    """Running, behind, stopped or never run, with why.
+    """Running, behind, stalled, stopped or never run, with why.
 
     - never run: no pipeline session and no batch ever stored (no kafka_offset row);
     - stopped: no pipeline session connected to this database (whatever it stored before);
+    - stalled: connected, messages waited at the last batches (a partition's high watermark
+      beyond its next offset), and no batch at all has been stored for more than `STALL`: since
+      the last batch. A session whose connection went silent stays listed for as long as the
+      server has not noticed, so being connected proves nothing; progress does;
     - behind: connected, and more than `BEHIND_MESSAGES` messages waited at the partitions'
-      last batches, or messages waited on a partition whose last batch is older than `STALL`;
+      last batches, or messages waited on a partition whose last batch is older than `STALL`
+      while others were stored since;
     - running: connected otherwise (caught up, or just started and storing its first batch).
+
+    What the database cannot show: a pipeline that stalls once caught up leaves no lag behind
+    it, and looks idle here until it stores again; its /health and metrics see the topic.
     """
     if sessions == 0:
         if partitions:
             return PipelineState("stopped", "no pipeline is connected to this database")
         return PipelineState("never_run", "no batch has ever been stored in this database")
     waiting = sum(partition.lag or 0 for partition in partitions)
+    stalled = _stalled(waiting, partitions, now)
+    if stalled is not None:
+        return stalled
     behind = _behind(waiting, partitions, now)
     if behind is not None:
         return PipelineState("behind", behind)
     if not partitions:
-        return PipelineState("running", "connected; no batch stored yet")
-    if waiting:
-        return PipelineState(
-            "running", f"connected; {waiting:,} messages waited at the last batches"
-        )
-    return PipelineState("running", "connected and caught up at the last batch")
+        reason = "connected; no batch stored yet"
+    elif waiting:
+        reason = f"connected; {waiting:,} messages waited at the last batches"
+    else:
+        reason = "connected and caught up at the last batch"
+    return PipelineState("running", reason)
+
+
+def _stalled(
+    waiting: int, partitions: Sequence[PartitionLoad], now: datetime
+) -> PipelineState | None:
+    """The stall, when messages waited and nothing has been stored for longer than `STALL`."""
+    if not waiting:
+        return None
+    last = max(p.stored_at for p in partitions)
+    if now - last <= STALL:
+        return None
+    return PipelineState(
+        "stalled",
+        f"connected, but no batch stored for {describe_age(now - last)} although"
+        f" {waiting:,} messages waited at the last batches",
+        last,
+    )
 
 
 def _behind(waiting: int, partitions: Sequence[PartitionLoad], now: datetime) -> str | None:
@@ -331,20 +368,34 @@ def _rate(rejected: int, stored: int) -> float | None:
     return rejected / (rejected + stored) if rejected + stored else None
 
 
+def is_quiet(last_stored: datetime | None, now: datetime) -> bool:
+    """Whether an exhibition's kiosk is quiet at `now`: the museum is open, and no interaction
+    of it has been stored with an `event_at` in the last `QUIET` of opening time (counted from
+    today's opening, so that the night before does not count). Whatever it sent meanwhile was
+    rejected, if anything. An exhibition with no interaction within `SEEN` is not judged: its
+    kiosk is not installed yet, or gone."""
+    if last_stored is None or now - last_stored > SEEN or not in_opening_hours(now):
+        return False
+    opened = datetime.combine(now.astimezone(LONDON).date(), OPENS, LONDON)
+    return now - max(last_stored, opened) >= QUIET
+
+
 def exhibitions_body(
     window: Window,
     now: datetime,
-    names: Sequence[tuple[str, str]],
+    known: Sequence[Exhibition],
     rejected: Iterable[tuple[datetime, str | None, int]],
     stored: Iterable[tuple[datetime, str, int]],
 ) -> dict[str, Any]:
     """Per known exhibition and bucket: the rejected messages that named it, the interactions
-    stored for it, and the reject rate rejected / (rejected + stored), None when both are 0."""
-    known = dict(names)
+    stored for it, and the reject rate rejected / (rejected + stored), None when both are 0;
+    and per exhibition its last stored interaction, whatever the window, and whether it is
+    quiet (`is_quiet`)."""
+    totals = {exhibition.public_id: [0, 0] for exhibition in known}
     rejects: Counter[tuple[datetime, str]] = Counter()
     unattributed = 0
     for bucket, site, count in rejected:
-        if site in known:
+        if site in totals:
             rejects[bucket, site] += count
         else:
             unattributed += count
@@ -352,26 +403,33 @@ def exhibitions_body(
     for bucket, public_id, count in stored:
         facts[bucket, public_id] += count
     rows = []
-    totals = {public_id: [0, 0] for public_id in known}
     for start in window.starts(now):
-        for public_id, name in names:
+        for exhibition in known:
+            public_id = exhibition.public_id
             rejected_here, stored_here = rejects[start, public_id], facts[start, public_id]
             totals[public_id][0] += rejected_here
             totals[public_id][1] += stored_here
-            row = _exhibition_row(public_id, name, rejected_here, stored_here)
+            row = _exhibition_row(exhibition, rejected_here, stored_here)
             rows.append(row | {"bucket": _iso(start)})
+    exhibitions = [
+        _exhibition_row(e, *totals[e.public_id])
+        | {"last_stored_at": _iso(e.last_stored_at), "quiet": is_quiet(e.last_stored_at, now)}
+        for e in known
+    ]
     return {
         **_window_fields(window, now),
-        "exhibitions": [_exhibition_row(p, n, *totals[p]) for p, n in names],
+        "exhibitions": exhibitions,
         "unattributed": unattributed,
         "rows": rows,
+        "museum_open": in_opening_hours(now),
+        "quiet_minutes": int(QUIET / MINUTE),
     }
 
 
-def _exhibition_row(public_id: str, name: str, rejected: int, stored: int) -> dict[str, Any]:
+def _exhibition_row(exhibition: Exhibition, rejected: int, stored: int) -> dict[str, Any]:
     return {
-        "public_id": public_id,
-        "exhibition_name": name,
+        "public_id": exhibition.public_id,
+        "exhibition_name": exhibition.name,
         "rejected": rejected,
         "stored": stored,
         "reject_rate": _rate(rejected, stored),
@@ -429,6 +487,7 @@ def pipeline_body(
         "server_now": _iso(server_now),
         "state": judged.state,
         "state_reason": judged.reason,
+        "stalled_since": _iso(judged.stalled_since),
         "sessions": sessions,
         "last_batch_at": _iso(max((p.stored_at for p in partitions), default=None)),
         "hour_since": _iso(since),
@@ -505,13 +564,27 @@ class ExhibitionBucket(ExhibitionRejects):
     bucket: datetime = Field(description="Where the bucket starts.")
 
 
+class ExhibitionTotals(ExhibitionRejects):
+    last_stored_at: datetime | None = Field(
+        description="The latest `event_at` of its stored ratings and requests, whatever the"
+        " window; null when it has none."
+    )
+    quiet: bool = Field(
+        description="The museum is open and has been for `quiet_minutes`, and no rating or"
+        " request of it was stored in them, while one was within the last 7 days."
+    )
+
+
 class ExhibitionsBody(WindowBody):
     """Per known exhibition: rejected messages that named it (by `received_at`) against the
-    interactions stored for it (by `event_at`), per bucket and over the window."""
+    interactions stored for it (by `event_at`), per bucket and over the window; and whether
+    its kiosk has gone quiet."""
 
-    exhibitions: list[ExhibitionRejects] = Field(description="The window's totals.")
+    exhibitions: list[ExhibitionTotals] = Field(description="The window's totals.")
     unattributed: int = Field(description="Rejected messages that named no known exhibition.")
     rows: list[ExhibitionBucket] = Field(description="Every bucket for every exhibition.")
+    museum_open: bool = Field(description="Whether the museum is open at `now`.")
+    quiet_minutes: int = Field(description="How long without a stored interaction is quiet.")
 
 
 class RejectedMessage(BaseModel):
@@ -562,6 +635,9 @@ class PipelineBody(BaseModel):
     server_now: datetime = Field(description="The dashboard server's clock.")
     state: State
     state_reason: str
+    stalled_since: datetime | None = Field(
+        description="When stalled: the last batch, since which nothing has been stored."
+    )
     sessions: int = Field(description="The pipeline's sessions connected to this database.")
     last_batch_at: datetime | None
     hour_since: datetime
@@ -621,15 +697,15 @@ def feed_routes(pool: ConnectionPool, clock: Callable[[], datetime]) -> APIRoute
         openapi_extra={"parameters": openapi_parameters()},
     )
     def exhibitions(request: Request) -> Response:
-        """Rejected messages and the reject rate per exhibition over time."""
+        """Rejected messages and the reject rate per exhibition over time; quiet kiosks."""
         window = read(request, ["window"])
         with pool.cursor() as cur:
             now = feed_queries.database_now(cur)
             span = window.span(now)
-            names = feed_queries.exhibitions(cur)
+            known = feed_queries.exhibitions(cur)
             rejects = feed_queries.rejected_by(cur, span, "named_exhibition")
             stored = feed_queries.stored_by_exhibition(cur, span)
-        return _answer(exhibitions_body(window, now, names, rejects, stored))
+        return _answer(exhibitions_body(window, now, known, rejects, stored))
 
     @router.get("/api/feed/latest", responses={200: {"model": LatestBody}, **_BAD_QUERY})
     def latest(request: Request) -> Response:

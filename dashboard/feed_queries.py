@@ -1,5 +1,6 @@
-"""The Feed page's SQL: rejected messages counted over time, the latest ones, and what the
-pipeline left behind about itself (its offsets, its load per minute, its session).
+"""The Feed page's SQL: rejected messages counted over time, the latest ones, each exhibition's
+last stored interaction, and what the pipeline left behind about itself (its offsets, its load
+per minute, its session).
 
 Every function takes an open cursor and the instants to count between, and returns plain rows;
 `dashboard.feed` shapes them. The times compared are each table's own: `received_at` of a
@@ -55,6 +56,15 @@ class PartitionLoad:
         if self.high_watermark is None:
             return None
         return max(0, self.high_watermark - self.next_offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Exhibition:
+    """A known exhibition, and the `event_at` of its latest stored interaction (None: none)."""
+
+    public_id: str
+    name: str
+    last_stored_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +124,11 @@ def rejected_by(
 def stored_by_exhibition(cur: Cursor, span: Span) -> list[tuple[datetime, str, int]]:
     """(bucket, public id, interactions stored with event_at in it): ratings and requests.
 
-    Days are summed from the rollups of views.sql, which count by the London date of event_at
-    (a week of a busy museum is hundreds of thousands of facts). Minutes and hours are counted
-    from the fact tables (a range scan of their event_at indexes, over a day at most): the
-    rollups have no minutes, and their London hours cannot tell the two 01:00s of the autumn
-    clock change apart.
+    Days are summed from the daily rollups of views.sql, which count by the London date of
+    event_at (a week of a busy museum is hundreds of thousands of facts). Minutes and hours
+    are counted from the fact tables (a range scan of their event_at indexes, over a day at
+    most): the rollups have no minutes, and their London hours cannot tell the two 01:00s of
+    the autumn clock change apart.
     """
     if span.unit == "day":
         days = sql.SQL(
@@ -126,10 +136,9 @@ def stored_by_exhibition(cur: Cursor, span: Span) -> list[tuple[datetime, str, i
         )
         query = sql.SQL(
             "WITH stored AS ("
-            "  SELECT london_date, public_id, interactions FROM rating_hourly WHERE {days}"
+            "  SELECT london_date, public_id, interactions FROM rating_daily WHERE {days}"
             "  UNION ALL"
-            "  SELECT london_date, public_id, interactions FROM request_quarter_hourly"
-            "  WHERE {days})"
+            "  SELECT london_date, public_id, interactions FROM request_daily WHERE {days})"
             " SELECT london_date::timestamp AT TIME ZONE %(zone)s AS bucket, public_id,"
             "  sum(interactions)"
             " FROM stored GROUP BY 1, 2 ORDER BY 1, 2"
@@ -150,10 +159,19 @@ def stored_by_exhibition(cur: Cursor, span: Span) -> list[tuple[datetime, str, i
     return [(bucket, public_id, int(count)) for bucket, public_id, count in cur.fetchall()]
 
 
-def exhibitions(cur: Cursor) -> list[tuple[str, str]]:
-    """(public id, name) of every known exhibition, by public id."""
-    cur.execute("SELECT public_id, exhibition_name FROM exhibition ORDER BY public_id")
-    return [(public_id, name) for public_id, name in cur.fetchall()]
+def exhibitions(cur: Cursor) -> list[Exhibition]:
+    """Every known exhibition, by public id, with the latest `event_at` of its stored ratings
+    and requests: a backward step of each fact table's (exhibition_id, event_at) index per
+    exhibition, however many rows the tables hold."""
+    cur.execute(
+        "SELECT e.public_id, e.exhibition_name, greatest("
+        "  (SELECT max(event_at) FROM rating_interaction AS r"
+        "   WHERE r.exhibition_id = e.exhibition_id),"
+        "  (SELECT max(event_at) FROM request_interaction AS q"
+        "   WHERE q.exhibition_id = e.exhibition_id))"
+        " FROM exhibition AS e ORDER BY e.public_id"
+    )
+    return [Exhibition(*row) for row in cur.fetchall()]
 
 
 def latest_rejected(cur: Cursor, limit: int, raw_head_bytes: int) -> list[RejectedRow]:

@@ -5,6 +5,11 @@ channel that views.sql's trigger announces stored requests on, reads those rows,
 to every connected browser's queue; each browser's Server-Sent Events stream (`stream`) keeps
 the ones its filters and "Now" window take. A stream starts with a snapshot read from the
 database, so a browser that reconnects has what it missed, whatever happened meanwhile.
+
+A listening connection is silent by nature, so a dead one looks like a quiet museum: the
+listener proves every few seconds that it hears (a NOTIFY to itself that must come back), and
+a watchdog shuts a connection down that cannot. Streams carry the proof's age, and say `stale`
+the moment it lapses, so that no page calls itself live on the web server's word alone.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import logging
 import re
 import select
 import threading
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from itertools import count
 from time import monotonic
 from typing import Any
 
@@ -29,6 +36,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
+from starlette.types import Receive, Scope, Send
 
 from dashboard.api_schema import NO_STORE, UNAVAILABLE, ErrorBody, NowBody
 from dashboard.filters import (
@@ -38,10 +46,10 @@ from dashboard.filters import (
     openapi_parameters,
     parse_filters,
 )
-from dashboard.pool import ConnectionPool
+from dashboard.pool import ConnectionPool, Unavailable
 from lmnh import backoff
 from lmnh.config import DatabaseSettings
-from lmnh.database import connect
+from lmnh.database import connect, sever
 from lmnh.errors import FatalError, TransientError
 from lmnh.museum import LONDON
 
@@ -50,11 +58,20 @@ EMERGENCY = 1
 RECENT = timedelta(minutes=60)  # how long an assistance request stays in "Now"
 MOST_SHOWN = 500  # a snapshot's rows at most, newest first
 LISTEN_WAIT_S = 3.0  # how long a stream waits for the listener before its snapshot
-TICK_S = 15.0  # a stream's heartbeat: the server's clock, and a dead connection found
+PROBE_EVERY_S = 2.0  # how often the listener proves that its connection hears
+HEARD_WITHIN_S = 5.0  # its own probe unheard for longer: the connection is dead, and severed
+TICK_S = 3.0  # a stream's heartbeat: the server's clock and the age of the listener's proof
 RETRY_MS = 3000  # how soon a browser reconnects after the stream ends
+RETRY_AFTER_S = 10  # what a browser refused for too many streams is told to wait
+MAX_STREAMS = 200  # open streams per server: each holds a socket, a queue and a task
 QUEUE_SIZE = 2000  # requests waiting for one browser; beyond, it is made to reconnect
 SENT_IDS_KEPT = 10_000  # ids remembered, to drop those a second range takes in again
 _WAIT_S = 1.0  # the listener's longest wait, so that it sees `close`
+_WATCH_S = 0.5  # how often the watchdog looks at the age of the listener's proof
+_PROBE = "SELECT pg_notify(%s, %s)"
+# Said to browsers when the database does not answer; the details (which host) go to the log.
+_NOT_ANSWERING = "the database does not answer"
+_NOT_HEARING = "the live feed cannot hear the database"
 _REQUEST_ID = re.compile(r"[0-9]{1,18}")  # a bigint, read without int()'s surprises
 _LAST_ID = 2**63 - 1  # bigint's
 
@@ -83,7 +100,7 @@ class Signal:
         return self.name
 
 
-LOST = Signal("lost")  # the listener lost the database: what it hears now is unknown
+LOST = Signal("lost")  # the listener cannot hear the database: what is stored now is unknown
 
 
 class Resync(Signal):
@@ -186,7 +203,9 @@ def event(name: str, data: object, event_id: int | None = None) -> bytes:
 
 class RequestListener:
     """The server's one LISTEN connection, on a thread of its own, started by the first
-    subscriber: each stored request is read once and offered to every subscriber."""
+    subscriber: each stored request is read once and offered to every subscriber. The
+    connection proves every `PROBE_EVERY_S` that it hears; a second thread (the watchdog)
+    severs it when it has not for `HEARD_WITHIN_S`, and the listener connects again."""
 
     def __init__(self, database: DatabaseSettings, clock: Callable[[], datetime]) -> None:
         self._database = database
@@ -197,6 +216,16 @@ class RequestListener:
         self._thread: threading.Thread | None = None
         self._sent: deque[int] = deque(maxlen=SENT_IDS_KEPT)
         self._sent_set: set[int] = set()
+        # A channel of this listener's own: the probes of another server are not its proof.
+        self._probe_channel = f"lmnh_dashboard_probe_{uuid.uuid4().hex}"
+        self._probes = count(1)  # the probes' payloads: an old probe heard late proves nothing
+        self._probe_sent = ""
+        # The connection under watch and when it last heard; the watchdog and the listener
+        # change them under this lock, so that a connection is never severed once closed.
+        self._watched = threading.Lock()
+        self._conn: Connection | None = None
+        self._backend_pid = 0
+        self._heard_at = 0.0
         self.listening = threading.Event()
         self.generation = 0  # connections made so far: a snapshot read during one is current
 
@@ -210,11 +239,22 @@ class RequestListener:
                     target=self._run, name="lmnh-dashboard-listener", daemon=True
                 )
                 self._thread.start()
+                threading.Thread(
+                    target=self._watch, name="lmnh-dashboard-listener-watchdog", daemon=True
+                ).start()
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[Any]) -> None:
         with self._lock:
             self._subscribers = {s for s in self._subscribers if s[1] is not queue}
+
+    def heard_age(self) -> float | None:
+        """Seconds since the listening connection last proved that it hears the database;
+        None while there is no such connection (the pages must not say live)."""
+        with self._watched:
+            if not self.listening.is_set():
+                return None
+            return round(max(monotonic() - self._heard_at, 0.0), 1)
 
     def close(self) -> None:
         """Stop listening and end every stream (uvicorn waits for open answers to finish)."""
@@ -237,11 +277,24 @@ class RequestListener:
             conn = None
             try:
                 conn = connect(self._database, application_name="lmnh-dashboard-listener")
+                with self._watched:  # watched from here: a LISTEN that hangs is severed too
+                    self._conn, self._heard_at = conn, monotonic()
+                    self._backend_pid = conn.get_backend_pid()
                 conn.autocommit = True
                 with conn.cursor() as cur:
-                    cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-                self.generation += 1
-                self.listening.set()
+                    for channel in (CHANNEL, self._probe_channel):
+                        cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                with self._watched:
+                    self._heard_at = monotonic()  # LISTEN answered: it hears
+                    self.generation += 1
+                    self.listening.set()
+                if self.generation > 1:
+                    log.info(
+                        "live requests: listening again (connection %d, server process %d);"
+                        " every page reads a fresh snapshot",
+                        self.generation,
+                        self._backend_pid,
+                    )
                 delays = backoff.delays(0.5, 10.0)
                 self._publish([Resync(self.generation)])
                 self._listen(conn)
@@ -250,28 +303,68 @@ class RequestListener:
             except Exception:  # never a silent end of the live feed: say it, and listen again
                 log.exception("live requests: unexpected failure; listening again shortly")
             finally:
-                if self.listening.is_set():
-                    self.listening.clear()
-                    self._publish([LOST])
+                with self._watched:  # unwatched before it is closed: never severed after
+                    self._conn = None
+                    self._lapse()
                 if conn is not None:
                     conn.close()
             self._stop.wait(next(delays))
 
+    def _watch(self) -> None:
+        """The watchdog: a connection that has not heard its own probe is severed, so that the
+        listener, blocked on it or not, fails at once and connects again."""
+        while not self._stop.wait(_WATCH_S):
+            with self._watched:
+                silent_s = monotonic() - self._heard_at
+                if self._conn is None or silent_s <= HEARD_WITHIN_S:
+                    continue
+                conn, self._conn = self._conn, None
+                log.warning(
+                    "live requests: the listening connection (server process %d) has not heard"
+                    " its own probe for %.1f s: closing it and connecting again; the pages say"
+                    " they are not live until it hears",
+                    self._backend_pid,
+                    silent_s,
+                )
+                self._lapse()
+                sever(conn)
+
+    def _lapse(self) -> None:
+        """The pages stop being live (under `_watched`; once per connection)."""
+        if self.listening.is_set():
+            self.listening.clear()
+            self._publish([LOST])
+
     def _listen(self, conn: Connection) -> None:
-        while not self._stop.is_set():
-            if select.select([conn], [], [], _WAIT_S) == ([], [], []):
+        probe_due = monotonic()
+        with conn.cursor() as cur:
+            while not self._stop.is_set():
+                left = probe_due - monotonic()
+                if left <= 0:
+                    self._probe_sent = str(next(self._probes))
+                    cur.execute(_PROBE, (self._probe_channel, self._probe_sent))
+                    probe_due = monotonic() + PROBE_EVERY_S
+                elif select.select([conn], [], [], min(left, _WAIT_S)) != ([], [], []):
+                    conn.poll()
+                self._hear(conn)
+
+    def _hear(self, conn: Connection) -> None:
+        """What the connection heard: its own probe (the proof), or the trigger's ranges."""
+        ranges = []
+        while conn.notifies:
+            notice = conn.notifies.pop(0)
+            if notice.channel == self._probe_channel:
+                if notice.payload == self._probe_sent:
+                    with self._watched:
+                        self._heard_at = monotonic()
                 continue
-            conn.poll()
-            ranges = []
-            while conn.notifies:
-                payload = conn.notifies.pop(0).payload
-                announced = announced_range(payload)
-                if announced is None:  # anyone who may connect can NOTIFY on the channel
-                    log.warning("live requests: ignored a notification %.80r", payload)
-                else:
-                    ranges.append(announced)
-            if ranges:
-                self._publish(self._read(conn, ranges))
+            announced = announced_range(notice.payload)
+            if announced is None:  # anyone who may connect can NOTIFY on the channel
+                log.warning("live requests: ignored a notification %.80r", notice.payload)
+            else:
+                ranges.append(announced)
+        if ranges:
+            self._publish(self._read(conn, ranges))
 
     def _read(self, conn: Connection, ranges: list[tuple[int, int]]) -> list[Any]:
         """The announced requests that are within "Now", once each; `BEHIND` instead when there
@@ -340,8 +433,10 @@ async def stream(
     clock: Callable[[], datetime],
 ) -> AsyncIterator[bytes]:
     """One browser's events: a snapshot (with the ids above `after` it had not seen), then each
-    request its filters and the window take, a tick every `TICK_S`; `offline` and the end when
-    the database goes away, so that the browser reconnects and starts from a snapshot."""
+    request its filters and the window take, and a tick every `TICK_S`. Snapshots and ticks
+    carry `heard`, the age of the listener's proof that it hears (null: it does not); `stale`
+    when that proof lapses, and a fresh snapshot once it hears again; `offline` and the end
+    when no snapshot can be read, so that the browser reconnects."""
     queue = listener.subscribe()  # before the snapshot: nothing falls between the two
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
@@ -350,21 +445,20 @@ async def stream(
         await anyio.to_thread.run_sync(listener.listening.wait, LISTEN_WAIT_S)
         while True:
             generation = listener.generation  # what is stored from now on will be heard
-            try:
-                body = await anyio.to_thread.run_sync(_read_snapshot, pool, filters, clock())
-            except (TransientError, FatalError) as error:
-                yield event("offline", {"error": str(error)})
+            heard = listener.heard_age()  # before the read: a lapse during it comes after
+            body = await anyio.to_thread.run_sync(_read_snapshot, pool, filters, clock())
+            if body is None:
+                yield event("offline", {"error": _NOT_ANSWERING})
                 return
             ids = [item["id"] for item in body["requests"]]
             body["missed"] = sorted(i for i in ids if after is not None and i > after)
+            body["heard"] = heard
             last = max([*ids, after or 0]) or None
             yield event("snapshot", body, last)
-            forward = _Forward(queue, filters, clock, generation)
+            forward = _Forward(queue, filters, clock, generation, listener.heard_age)
             async for chunk in forward:
                 yield chunk
-            if forward.ended is LOST:
-                yield event("offline", {"error": "the live feed lost the database"})
-            if forward.ended in (LOST, CLOSING):
+            if forward.ended is CLOSING:
                 return
             after = forward.last_id or last  # Resync or BEHIND: start again from a snapshot
     finally:
@@ -372,7 +466,8 @@ async def stream(
 
 
 class _Forward:
-    """The requests of a queue as events, until a signal other than a request arrives."""
+    """The requests of a queue as events, until a signal other than a request or `LOST`
+    arrives; `LOST` is said (`stale`) and the wait goes on for the listener's `Resync`."""
 
     def __init__(
         self,
@@ -380,11 +475,13 @@ class _Forward:
         filters: Filters,
         clock: Callable[[], datetime],
         generation: int,
+        heard: Callable[[], float | None],
     ) -> None:
         self._queue = queue
         self._filters = filters
         self._clock = clock
         self._generation = generation  # the listener's, when the snapshot was read
+        self._heard = heard
         self._tick_due = monotonic() + TICK_S
         self.ended: Signal | None = None
         self.last_id: int | None = None
@@ -394,29 +491,73 @@ class _Forward:
 
     async def __anext__(self) -> bytes:
         while True:
-            # A tick TICK_S after the last event, however many requests the filters drop.
+            # A tick every TICK_S whatever else is sent: the page counts the proof's age by it.
             left = self._tick_due - monotonic()
             try:
                 item = await asyncio.wait_for(self._queue.get(), max(left, 0.0))
             except TimeoutError:
                 self._tick_due = monotonic() + TICK_S
-                return event("tick", {"now": self._clock().isoformat()})
+                return event("tick", {"now": self._clock().isoformat(), "heard": self._heard()})
             if isinstance(item, Resync) and item.generation <= self._generation:
                 continue  # the snapshot already holds what this one would re-read
+            if item is LOST:
+                return event("stale", {"error": _NOT_HEARING})
             if isinstance(item, Signal):
                 self.ended = item
                 raise StopAsyncIteration
             if matches(self._filters, item) and Window.at(self._clock()).holds(item):
                 self.last_id = item["id"]
-                self._tick_due = monotonic() + TICK_S
                 return event("request", item, item["id"])
 
 
+class _Slots:
+    """The live streams a server holds at most: a reader can never starve the writer."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._held >= self.most:
+                return False
+            self._held += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self._held -= 1
+
+
+class _HeldStream(StreamingResponse):
+    """A stream that gives its slot back when its answer ends, however it ends (the browser
+    gone before the first byte included, when the events' own `finally` never runs)."""
+
+    def __init__(self, events: AsyncIterator[bytes], slots: _Slots) -> None:
+        # no-transform: a compressing proxy would hold events back to fill its buffer.
+        headers = {"Cache-Control": "no-store, no-transform", "X-Accel-Buffering": "no"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slots.give_back()
+
+
 def routes(
-    listener: RequestListener, pool: ConnectionPool, clock: Callable[[], datetime]
+    listener: RequestListener,
+    pool: ConnectionPool,
+    clock: Callable[[], datetime],
+    *,
+    max_streams: int = MAX_STREAMS,
 ) -> APIRouter:
-    """/api/now (JSON) and /api/now/stream (Server-Sent Events), under the page's filters."""
+    """/api/now (JSON) and /api/now/stream (Server-Sent Events), under the page's filters; at
+    most `max_streams` streams open at once, a 503 beyond."""
     router = APIRouter()
+    slots = _Slots(max_streams)
 
     @router.get(
         "/api/now",
@@ -440,10 +581,16 @@ def routes(
         after = [value for name, value in pairs if name == "after"]
         seen = request.headers.get("last-event-id") or (after[-1] if after else None)
         filters = _filters([(n, v) for n, v in pairs if n != "after"], clock())
-        events = stream(listener, pool, filters, parse_after(seen), clock)
-        # no-transform: a compressing proxy would hold events back to fill its buffer.
-        headers = {"Cache-Control": "no-store, no-transform", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        after_id = parse_after(seen)
+        if not slots.take():
+            log.warning("live requests: refused a stream: %d open, the most allowed", slots.most)
+            refusal = f"too many live streams on this server (at most {slots.most}); retry shortly"
+            return JSONResponse(
+                {"error": refusal},
+                status_code=503,
+                headers={**NO_STORE, "Retry-After": str(RETRY_AFTER_S)},
+            )
+        return _HeldStream(stream(listener, pool, filters, after_id, clock), slots)
 
     return router
 
@@ -461,9 +608,15 @@ def _filters(pairs: list[tuple[str, str]], at: datetime) -> Filters:
     return parse_filters(pairs, at.astimezone(LONDON).date(), NOW_FILTER_NAMES)
 
 
-def _read_snapshot(pool: ConnectionPool, filters: Filters, now: datetime) -> dict[str, Any]:
-    with pool.cursor() as cur:
-        return snapshot(cur, filters, now)
+def _read_snapshot(pool: ConnectionPool, filters: Filters, now: datetime) -> dict[str, Any] | None:
+    """The snapshot, or None when the database does not answer (logged: which server and why
+    is for the log, never for a browser)."""
+    try:
+        with pool.cursor() as cur:
+            return snapshot(cur, filters, now)
+    except Unavailable as error:
+        log.warning("live requests: no snapshot: %s", error.detail)
+        return None
 
 
 def _first_line(error: BaseException) -> str:

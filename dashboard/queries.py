@@ -1,6 +1,11 @@
 """One SQL aggregate per chart, over the reporting views of views.sql (and the rating and
 request tables, for their names).
 
+Each chart reads the coarsest rollup that answers it exactly: the daily views when it needs no
+time of day and the hours are not filtered (ten times fewer rows than the hourly ones, which
+matters over long ranges), the hourly or quarter-hourly ones otherwise. Either way its cost
+grows with the days of the range, never with the number of interactions.
+
 Every function takes an open cursor and the page's `Filters`, and returns JSON-ready rows:
 dates as ISO strings, counts as ints, averages as floats. Categories with nothing to count
 (an exhibition without requests, an hour without ratings) are returned with zero, so that a
@@ -30,7 +35,7 @@ OPENING_QUARTERS = (OPENS.hour * 4 + OPENS.minute // 15, CLOSES.hour * 4 + CLOSE
 def _conditions(filters: Filters, *, requests: bool) -> sql.Composable:
     """The WHERE clause of a summary view for these filters (parameters by name)."""
     parts = [sql.SQL("london_date BETWEEN %(start)s AND %(end)s")]
-    if filters.hour_from > 0 or filters.hour_to < LAST_HOUR:
+    if _hours_filtered(filters):
         parts.append(sql.SQL("hour_of_day BETWEEN %(hour_from)s AND %(hour_to)s"))
     if filters.exhibitions:
         parts.append(sql.SQL("public_id = ANY(%(exhibitions)s)"))
@@ -39,6 +44,45 @@ def _conditions(filters: Filters, *, requests: bool) -> sql.Composable:
     if requests and filters.request_values:
         parts.append(sql.SQL("request_value = ANY(%(request_values)s)"))
     return sql.SQL(" AND ").join(parts)
+
+
+def _hours_filtered(filters: Filters) -> bool:
+    return filters.hour_from > 0 or filters.hour_to < LAST_HOUR
+
+
+def _ratings(filters: Filters) -> sql.Composable:
+    """The rating view that answers a chart without a time of day under these filters."""
+    return sql.Identifier("rating_hourly" if _hours_filtered(filters) else "rating_daily")
+
+
+def _requests(filters: Filters, *, time_of_day: bool = False) -> sql.Composable:
+    """Where a request chart reads its counts and under which conditions, as `FROM` takes
+    them (`<source> WHERE <conditions>`). Without an hour filter or
+    a time of day: request_daily. Otherwise the quarter-hourly rollup, summed over the range's
+    dates by ids first and named after, the columns of request_quarter_hourly but the date:
+    the filters become conditions on the rollup's key, checked inside its index, and the rows
+    left to name are a few hundred however long the range (`time_of_day`: the chart groups by
+    hour or quarter hour)."""
+    if not (time_of_day or _hours_filtered(filters)):
+        return sql.SQL("request_daily WHERE {}").format(_conditions(filters, requests=True))
+    return sql.SQL(
+        "(SELECT (u.quarter_hour / 4)::smallint AS hour_of_day,"
+        "  make_time(u.quarter_hour / 4, (u.quarter_hour %% 4) * 15, 0) AS quarter_hour_start,"
+        "  e.public_id, e.exhibition_name, e.floor_name, q.request_value, u.interactions"
+        " FROM (SELECT quarter_hour, exhibition_id, request_id,"
+        "   sum(interactions)::bigint AS interactions FROM request_rollup"
+        "   WHERE london_date BETWEEN %(start)s AND %(end)s"
+        "   AND quarter_hour BETWEEN %(hour_from)s * 4 AND %(hour_to)s * 4 + 3"
+        "   AND exhibition_id = ANY(ARRAY(SELECT e.exhibition_id FROM exhibition_overview AS e"
+        "    WHERE {exhibitions}))"
+        "   AND request_id = ANY(ARRAY(SELECT request_id FROM request WHERE {types}))"
+        "   GROUP BY 1, 2, 3) AS u"
+        " JOIN exhibition_overview AS e USING (exhibition_id)"
+        " JOIN request AS q USING (request_id)) AS by_time_of_day WHERE TRUE"
+    ).format(
+        exhibitions=_exhibition_conditions(filters),
+        types=_request_type_conditions(filters),
+    )
 
 
 def _exhibition_conditions(filters: Filters, alias: str = "e") -> sql.Composable:
@@ -108,18 +152,18 @@ def rating_over_time(cur: Cursor, filters: Filters) -> list[Row]:
         "SELECT date_trunc(%(bucket)s, london_date)::date AS period, public_id, exhibition_name,"
         " sum(rating_value * interactions)::float8 / sum(interactions) AS average_rating,"
         " sum(interactions)::bigint AS ratings"
-        " FROM rating_hourly WHERE {} GROUP BY 1, 2, 3 ORDER BY 1, 2"
-    ).format(_conditions(filters, requests=False))
+        " FROM {} WHERE {} GROUP BY 1, 2, 3 ORDER BY 1, 2"
+    ).format(_ratings(filters), _conditions(filters, requests=False))
     return _rows(cur, query, filters)
 
 
 def popularity(cur: Cursor, filters: Filters) -> list[Row]:
     """Interactions (ratings and requests) per exhibition, most popular first."""
     query = sql.SQL(
-        "WITH ratings AS (SELECT public_id, sum(interactions) AS n FROM rating_hourly"
+        "WITH ratings AS (SELECT public_id, sum(interactions) AS n FROM {rating_view}"
         "   WHERE {ratings} GROUP BY 1),"
-        " requests AS (SELECT public_id, sum(interactions) AS n FROM request_quarter_hourly"
-        "   WHERE {requests} GROUP BY 1)"
+        " requests AS (SELECT public_id, sum(interactions) AS n FROM {requests}"
+        "   GROUP BY 1)"
         " SELECT e.public_id, e.exhibition_name, e.floor_name,"
         "  coalesce(r.n, 0)::bigint AS ratings, coalesce(q.n, 0)::bigint AS requests,"
         "  (coalesce(r.n, 0) + coalesce(q.n, 0))::bigint AS interactions"
@@ -127,8 +171,9 @@ def popularity(cur: Cursor, filters: Filters) -> list[Row]:
         " LEFT JOIN ratings AS r USING (public_id) LEFT JOIN requests AS q USING (public_id)"
         " WHERE {exhibitions} ORDER BY interactions DESC, e.public_id"
     ).format(
+        rating_view=_ratings(filters),
         ratings=_conditions(filters, requests=False),
-        requests=_conditions(filters, requests=True),
+        requests=_requests(filters),
         exhibitions=_exhibition_conditions(filters),
     )
     return _rows(cur, query, filters)
@@ -149,9 +194,9 @@ def top_rated(cur: Cursor, filters: Filters) -> list[Row]:
     query = sql.SQL(
         "SELECT public_id, exhibition_name, floor_name, sum(interactions)::bigint AS ratings,"
         " sum(rating_value * interactions)::float8 / sum(interactions) AS average_rating, {}"
-        " FROM rating_hourly WHERE {}"
+        " FROM {} WHERE {}"
         " GROUP BY 1, 2, 3 ORDER BY average_rating DESC, ratings DESC, public_id"
-    ).format(counts, _conditions(filters, requests=False))
+    ).format(counts, _ratings(filters), _conditions(filters, requests=False))
     rows = _rows(cur, query, filters)
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
@@ -166,12 +211,15 @@ def request_share(cur: Cursor, filters: Filters) -> list[Row]:
     """Assistance and emergency requests: how many of each, and their share of all."""
     query = sql.SQL(
         "WITH counted AS (SELECT request_value, sum(interactions) AS n"
-        "   FROM request_quarter_hourly WHERE {} GROUP BY 1)"
+        "   FROM {} GROUP BY 1)"
         " SELECT t.request_value, t.request_description, coalesce(c.n, 0)::bigint AS requests,"
         "  coalesce(c.n::float8 / nullif(sum(c.n) OVER (), 0), 0) AS share"
         " FROM request AS t LEFT JOIN counted AS c USING (request_value)"
         " WHERE {} ORDER BY t.request_value"
-    ).format(_conditions(filters, requests=True), _request_type_conditions(filters))
+    ).format(
+        _requests(filters),
+        _request_type_conditions(filters),
+    )
     return _rows(cur, query, filters)
 
 
@@ -197,7 +245,7 @@ def requests_by_time_of_day(cur: Cursor, filters: Filters) -> list[Row]:
         "WITH slots AS ({slots}),"
         " types AS (SELECT request_value, request_description FROM request WHERE {types}),"
         " counted AS (SELECT {slot} AS slot, request_value, sum(interactions) AS n"
-        "   FROM request_quarter_hourly WHERE {conditions} GROUP BY 1, 2),"
+        "   FROM {source} GROUP BY 1, 2),"
         " grid AS (SELECT slot, request_value, request_description"
         "   FROM (SELECT slot FROM slots UNION SELECT slot FROM counted) AS every_slot, types)"
         " SELECT to_char(g.slot, 'HH24:MI') AS slot, g.request_value, g.request_description,"
@@ -208,7 +256,7 @@ def requests_by_time_of_day(cur: Cursor, filters: Filters) -> list[Row]:
         slots=slots,
         types=_request_type_conditions(filters),
         slot=slot,
-        conditions=_conditions(filters, requests=True),
+        source=_requests(filters, time_of_day=True),
     )
     return _rows(cur, query, filters)
 
@@ -220,7 +268,7 @@ def requests_by_floor(cur: Cursor, filters: Filters) -> list[Row]:
         "   WHERE {exhibitions}),"
         " types AS (SELECT request_value, request_description FROM request WHERE {types}),"
         " counted AS (SELECT floor_name, request_value, sum(interactions) AS n"
-        "   FROM request_quarter_hourly WHERE {conditions} GROUP BY 1, 2)"
+        "   FROM {view} GROUP BY 1, 2)"
         " SELECT f.floor_name, t.request_value, t.request_description,"
         "  coalesce(c.n, 0)::bigint AS requests"
         " FROM floors AS f CROSS JOIN types AS t"
@@ -230,7 +278,7 @@ def requests_by_floor(cur: Cursor, filters: Filters) -> list[Row]:
     ).format(
         exhibitions=_exhibition_conditions(filters),
         types=_request_type_conditions(filters),
-        conditions=_conditions(filters, requests=True),
+        view=_requests(filters),
     )
     return _by_floor(_rows(cur, query, filters))
 
@@ -240,7 +288,7 @@ def requests_by_exhibition(cur: Cursor, filters: Filters) -> list[Row]:
     query = sql.SQL(
         "WITH types AS (SELECT request_value, request_description FROM request WHERE {types}),"
         " counted AS (SELECT public_id, request_value, sum(interactions) AS n"
-        "   FROM request_quarter_hourly WHERE {conditions} GROUP BY 1, 2)"
+        "   FROM {view} GROUP BY 1, 2)"
         " SELECT e.public_id, e.exhibition_name, e.floor_name, t.request_value,"
         "  t.request_description, coalesce(c.n, 0)::bigint AS requests"
         " FROM exhibition_overview AS e CROSS JOIN types AS t"
@@ -249,7 +297,7 @@ def requests_by_exhibition(cur: Cursor, filters: Filters) -> list[Row]:
         " WHERE {exhibitions} ORDER BY e.public_id, t.request_value"
     ).format(
         types=_request_type_conditions(filters),
-        conditions=_conditions(filters, requests=True),
+        view=_requests(filters),
         exhibitions=_exhibition_conditions(filters),
     )
     return _rows(cur, query, filters)
@@ -267,7 +315,7 @@ def request_heatmap(cur: Cursor, filters: Filters) -> list[Row]:
         " hours AS (SELECT h::smallint AS hour_of_day"
         "   FROM generate_series(%(first_hour)s, %(last_hour)s) AS h),"
         " counted AS (SELECT {place} AS place, hour_of_day, sum(interactions) AS n"
-        "   FROM request_quarter_hourly WHERE {conditions} GROUP BY 1, 2),"
+        "   FROM {source} GROUP BY 1, 2),"
         " grid AS (SELECT place, hour_of_day"
         "   FROM (SELECT place FROM places UNION SELECT place FROM counted) AS every_place,"
         "   (SELECT hour_of_day FROM hours UNION SELECT hour_of_day FROM counted) AS every_hour)"
@@ -277,7 +325,7 @@ def request_heatmap(cur: Cursor, filters: Filters) -> list[Row]:
     ).format(
         place=place,
         exhibitions=_exhibition_conditions(filters),
-        conditions=_conditions(filters, requests=True),
+        source=_requests(filters, time_of_day=True),
     )
     rows = _rows(cur, query, filters)
     return _by_floor(rows, "place") if filters.heatmap == "floor" else rows

@@ -3,10 +3,12 @@
 -- (and the rating and request tables for their names); Tableau, Metabase or Superset can read
 -- them too. Their columns are documented in docs/dashboards.md and only ever grow.
 --
--- Two rollups keep the dashboard fast at tens of millions of rows: counts per London date,
--- hour (ratings) or quarter hour (requests), exhibition and value. PostgreSQL maintains them
--- itself, with statement-level triggers over each statement's transition table, so a COPY of a
--- batch adds one grouped upsert, not one per row; the pipeline knows nothing of them.
+-- Rollups keep the dashboard fast at any number of rows: counts per London date, hour
+-- (ratings) or quarter hour (requests), exhibition and value, and the same per London date
+-- alone, ten times fewer rows for the ranges and charts that need no time of day. Their size
+-- grows with days, never with interactions. PostgreSQL maintains them itself, with
+-- statement-level triggers over each statement's transition table, so a COPY of a batch adds
+-- one grouped upsert per rollup, not one per row; the pipeline knows nothing of them.
 --
 -- Applying this file is idempotent and never deletes facts. `python -m stack schema` applies it
 -- after the pipeline's schema.sql, in the same transaction (lmnh.database.apply_schema with this
@@ -58,8 +60,27 @@ CREATE TABLE IF NOT EXISTS request_rollup (
     PRIMARY KEY (london_date, quarter_hour, exhibition_id, request_id)
 );
 
--- The rows of a statement are grouped first, then upserted in key order: two loaders that
--- touch the same keys then lock them in the same order and cannot deadlock on the rollup.
+-- The same counts per London date: what a range without an hour filter, and a chart without a
+-- time of day, reads.
+CREATE TABLE IF NOT EXISTS rating_daily_rollup (
+    london_date date NOT NULL,
+    exhibition_id smallint NOT NULL,
+    rating_id smallint NOT NULL,
+    interactions bigint NOT NULL CHECK (interactions > 0),
+    PRIMARY KEY (london_date, exhibition_id, rating_id)
+);
+
+CREATE TABLE IF NOT EXISTS request_daily_rollup (
+    london_date date NOT NULL,
+    exhibition_id smallint NOT NULL,
+    request_id smallint NOT NULL,
+    interactions bigint NOT NULL CHECK (interactions > 0),
+    PRIMARY KEY (london_date, exhibition_id, request_id)
+);
+
+-- The rows of a statement are grouped first, then upserted in key order, the finer rollup
+-- first: two loaders that touch the same keys then lock them in the same order and cannot
+-- deadlock on the rollups.
 CREATE OR REPLACE FUNCTION rating_rollup_apply() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -73,6 +94,13 @@ BEGIN
         GROUP BY 1, 2, 3, 4
         ORDER BY 1, 2, 3, 4
         ON CONFLICT (london_date, hour_of_day, exhibition_id, rating_id)
+        DO UPDATE SET interactions = r.interactions + excluded.interactions;
+        INSERT INTO rating_daily_rollup AS r (london_date, exhibition_id, rating_id, interactions)
+        SELECT london_date(n.event_at), n.exhibition_id, n.rating_id, count(*)
+        FROM new_rows AS n
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT (london_date, exhibition_id, rating_id)
         DO UPDATE SET interactions = r.interactions + excluded.interactions;
     END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
@@ -94,6 +122,23 @@ BEGIN
         WHERE (r.london_date, r.hour_of_day, r.exhibition_id, r.rating_id)
             = (g.london_date, g.hour_of_day, g.exhibition_id, g.rating_id)
             AND r.interactions <= g.interactions;
+        WITH gone AS (
+            SELECT london_date(o.event_at) AS london_date, o.exhibition_id, o.rating_id,
+                   count(*) AS interactions
+            FROM old_rows AS o
+            GROUP BY 1, 2, 3
+        ), lowered AS (
+            UPDATE rating_daily_rollup AS r SET interactions = r.interactions - g.interactions
+            FROM gone AS g
+            WHERE (r.london_date, r.exhibition_id, r.rating_id)
+                = (g.london_date, g.exhibition_id, g.rating_id)
+                AND r.interactions > g.interactions
+        )
+        DELETE FROM rating_daily_rollup AS r
+        USING gone AS g
+        WHERE (r.london_date, r.exhibition_id, r.rating_id)
+            = (g.london_date, g.exhibition_id, g.rating_id)
+            AND r.interactions <= g.interactions;
     END IF;
     RETURN NULL;
 END
@@ -112,6 +157,13 @@ BEGIN
         GROUP BY 1, 2, 3, 4
         ORDER BY 1, 2, 3, 4
         ON CONFLICT (london_date, quarter_hour, exhibition_id, request_id)
+        DO UPDATE SET interactions = r.interactions + excluded.interactions;
+        INSERT INTO request_daily_rollup AS r (london_date, exhibition_id, request_id, interactions)
+        SELECT london_date(n.event_at), n.exhibition_id, n.request_id, count(*)
+        FROM new_rows AS n
+        GROUP BY 1, 2, 3
+        ORDER BY 1, 2, 3
+        ON CONFLICT (london_date, exhibition_id, request_id)
         DO UPDATE SET interactions = r.interactions + excluded.interactions;
     END IF;
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
@@ -133,6 +185,23 @@ BEGIN
         WHERE (r.london_date, r.quarter_hour, r.exhibition_id, r.request_id)
             = (g.london_date, g.quarter_hour, g.exhibition_id, g.request_id)
             AND r.interactions <= g.interactions;
+        WITH gone AS (
+            SELECT london_date(o.event_at) AS london_date, o.exhibition_id, o.request_id,
+                   count(*) AS interactions
+            FROM old_rows AS o
+            GROUP BY 1, 2, 3
+        ), lowered AS (
+            UPDATE request_daily_rollup AS r SET interactions = r.interactions - g.interactions
+            FROM gone AS g
+            WHERE (r.london_date, r.exhibition_id, r.request_id)
+                = (g.london_date, g.exhibition_id, g.request_id)
+                AND r.interactions > g.interactions
+        )
+        DELETE FROM request_daily_rollup AS r
+        USING gone AS g
+        WHERE (r.london_date, r.exhibition_id, r.request_id)
+            = (g.london_date, g.exhibition_id, g.request_id)
+            AND r.interactions <= g.interactions;
     END IF;
     RETURN NULL;
 END
@@ -145,8 +214,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_TABLE_NAME = 'rating_interaction' THEN
         DELETE FROM rating_rollup;
+        DELETE FROM rating_daily_rollup;
     ELSE
         DELETE FROM request_rollup;
+        DELETE FROM request_daily_rollup;
     END IF;
     RETURN NULL;
 END
@@ -204,6 +275,42 @@ BEGIN
                exhibition_id, request_id, count(*)
         FROM request_interaction
         GROUP BY 1, 2, 3, 4;
+    END IF;
+    -- The daily rollups regroup the finer ones, which now add up: rebuilt when any count
+    -- differs, from those (a few hundred thousand rows, however many facts).
+    IF EXISTS (
+        (SELECT london_date, exhibition_id, rating_id, sum(interactions) FROM rating_rollup
+         GROUP BY 1, 2, 3
+         EXCEPT ALL
+         SELECT london_date, exhibition_id, rating_id, interactions FROM rating_daily_rollup)
+        UNION ALL
+        (SELECT london_date, exhibition_id, rating_id, interactions FROM rating_daily_rollup
+         EXCEPT ALL
+         SELECT london_date, exhibition_id, rating_id, sum(interactions) FROM rating_rollup
+         GROUP BY 1, 2, 3)
+    ) THEN
+        DELETE FROM rating_daily_rollup;
+        INSERT INTO rating_daily_rollup (london_date, exhibition_id, rating_id, interactions)
+        SELECT london_date, exhibition_id, rating_id, sum(interactions)
+        FROM rating_rollup
+        GROUP BY 1, 2, 3;
+    END IF;
+    IF EXISTS (
+        (SELECT london_date, exhibition_id, request_id, sum(interactions) FROM request_rollup
+         GROUP BY 1, 2, 3
+         EXCEPT ALL
+         SELECT london_date, exhibition_id, request_id, interactions FROM request_daily_rollup)
+        UNION ALL
+        (SELECT london_date, exhibition_id, request_id, interactions FROM request_daily_rollup
+         EXCEPT ALL
+         SELECT london_date, exhibition_id, request_id, sum(interactions) FROM request_rollup
+         GROUP BY 1, 2, 3)
+    ) THEN
+        DELETE FROM request_daily_rollup;
+        INSERT INTO request_daily_rollup (london_date, exhibition_id, request_id, interactions)
+        SELECT london_date, exhibition_id, request_id, sum(interactions)
+        FROM request_rollup
+        GROUP BY 1, 2, 3;
     END IF;
 END
 $$;
@@ -322,6 +429,38 @@ SELECT u.london_date,
        q.request_description,
        u.interactions
 FROM request_rollup AS u
+LEFT JOIN exhibition AS e USING (exhibition_id)
+LEFT JOIN floor AS f ON f.floor_id = e.floor_id
+LEFT JOIN department AS d ON d.department_id = e.department_id
+LEFT JOIN request AS q USING (request_id);
+
+-- Ratings counted per London date, exhibition and rating value.
+CREATE OR REPLACE VIEW rating_daily AS
+SELECT u.london_date,
+       e.public_id,
+       e.exhibition_name,
+       f.floor_name,
+       d.department_name,
+       r.rating_value,
+       r.rating_description,
+       u.interactions
+FROM rating_daily_rollup AS u
+LEFT JOIN exhibition AS e USING (exhibition_id)
+LEFT JOIN floor AS f ON f.floor_id = e.floor_id
+LEFT JOIN department AS d ON d.department_id = e.department_id
+LEFT JOIN rating AS r USING (rating_id);
+
+-- Requests counted per London date, exhibition and request type.
+CREATE OR REPLACE VIEW request_daily AS
+SELECT u.london_date,
+       e.public_id,
+       e.exhibition_name,
+       f.floor_name,
+       d.department_name,
+       q.request_value,
+       q.request_description,
+       u.interactions
+FROM request_daily_rollup AS u
 LEFT JOIN exhibition AS e USING (exhibition_id)
 LEFT JOIN floor AS f ON f.floor_id = e.floor_id
 LEFT JOIN department AS d ON d.department_id = e.department_id

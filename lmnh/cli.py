@@ -4,6 +4,7 @@ mapping from what went wrong to the exit code (documented in the README)."""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import math
 import signal
@@ -15,6 +16,9 @@ from types import FrameType
 
 from lmnh.config import Settings, load_config, read_environment
 from lmnh.errors import ConfigError, ExitCode, FatalError, PipelineError, TransientError
+
+# Well within systemd's TimeoutStopSec (90 s) for the pipeline's unit.
+STOP_REPORT_S = 30.0
 
 
 def load_settings(env_file: Path | None) -> Settings:
@@ -59,14 +63,23 @@ def run(program: str, body: Callable[[], int], *, interrupted: str = "") -> int:
         return fail(program, error, interrupted)
 
 
-def stop_on_signals(stop: threading.Event, log: logging.Logger, first_stop: str) -> None:
+def stop_on_signals(
+    stop: threading.Event,
+    log: logging.Logger,
+    first_stop: str,
+    report_after_s: float = STOP_REPORT_S,
+) -> None:
     """First SIGINT/SIGTERM sets `stop` (the program finishes what it holds); a second one
-    raises KeyboardInterrupt to give up at once."""
+    raises KeyboardInterrupt to give up at once. A process still running `report_after_s`
+    after the first writes every thread's stack to stderr: a stop that hangs says where,
+    before a supervisor kills it and the evidence with it."""
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         log.warning("%s: %s", signal.Signals(signum).name, first_stop)
+        if sys.__stderr__ is not None:  # the real stream: faulthandler writes to its fd
+            faulthandler.dump_traceback_later(report_after_s, file=sys.__stderr__)
         stop.set()
 
     signal.signal(signal.SIGINT, request_stop)

@@ -7,6 +7,7 @@ when `DB_HOST` is unset the local PostgreSQL server is used, so a fresh clone ne
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,18 +39,51 @@ KAFKA_VARIABLES = (
     "SASL_PASSWORD",
     "SSL_CA_LOCATION",
 )
-DATABASE_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USERNAME", "DB_PASSWORD", "DB_SSLMODE")
+DATABASE_VARIABLES = (
+    "DB_HOST",
+    "DB_PORT",
+    "DB_NAME",
+    "DB_USERNAME",
+    "DB_PASSWORD",
+    "DB_SSLMODE",
+    "DB_SSLROOTCERT",
+    "DB_TARGET_SESSION_ATTRS",
+)
+# How soon a silent peer is noticed: the same for every program, so not among the variables
+# that pick the services (tests choose these themselves).
+DATABASE_TIMEOUT_VARIABLES = (
+    "DB_CONNECT_TIMEOUT",
+    "DB_KEEPALIVES_IDLE",
+    "DB_KEEPALIVES_INTERVAL",
+    "DB_KEEPALIVES_COUNT",
+    "DB_TCP_USER_TIMEOUT_MS",
+)
+# Partition maintenance (`lmnh-schema maintain`): how long raw rejects and load minutes are
+# kept, and how many months ahead partitions are made.
+RETENTION_VARIABLES = (
+    "RETENTION_REJECTED_DAYS",
+    "RETENTION_LOAD_MINUTE_DAYS",
+    "PARTITION_MONTHS_AHEAD",
+)
 VARIABLES = frozenset(
     {
         *KAFKA_VARIABLES,
         *DATABASE_VARIABLES,
+        *DATABASE_TIMEOUT_VARIABLES,
         "KAFKA_GROUP_ID",
         "KAFKA_MAX_POLL_INTERVAL_MS",
         "KAFKA_PARTITIONS",
+        "KAFKA_SOCKET_TIMEOUT_MS",
+        *RETENTION_VARIABLES,
     }
 )
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+MAX_PORT = 65535
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+# Hosts where the traffic never leaves the machine: TLS is not needed to trust them.
+_LOOPBACK = ("localhost", "::1")
 
 
 class Secret:
@@ -86,17 +120,54 @@ class KafkaSettings:
     group_id: str
     max_poll_interval_ms: int  # the longest a consumer may go without polling
     local: bool  # True when the project's own local broker is meant
+    # A request to a broker unanswered this long: the connection is given up and made anew.
+    socket_timeout_ms: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """How soon a connection to PostgreSQL notices a silent server (libpq's settings): TCP
+    keepalives on an idle connection, `tcp_user_timeout` for data sent and never acknowledged,
+    and `connect_timeout` for each host tried."""
+
+    connect_timeout_s: int = 5
+    keepalives_idle_s: int = 5
+    keepalives_interval_s: int = 2
+    keepalives_count: int = 3
+    tcp_user_timeout_ms: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class DatabaseSettings:
-    host: str
-    port: int
+    host: str  # one host, or several separated by commas (libpq's multi-host form)
+    port: int  # the port of every host, unless `ports` gives one per host
     name: str
     username: str
     password: Secret
     sslmode: str | None
     local: bool  # True when the project's own local PostgreSQL server is meant
+    ports: tuple[int, ...] = ()  # one per host, when DB_PORT lists several
+    sslrootcert: str | None = None  # the CA bundle that verify-ca/verify-full trust
+    # `read-write` follows a promoted standby when several hosts are named.
+    target_session_attrs: str | None = None
+    liveness: Liveness = Liveness()
+
+    @property
+    def where(self) -> str:
+        """host:port, for the pipeline's own log lines (never for a web answer)."""
+        ports = ",".join(map(str, self.ports)) if self.ports else str(self.port)
+        return f"{self.host}:{ports}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """What partition maintenance keeps: raw rejects and load minutes for so many days (their
+    counts for ever, in the daily rollups; facts are never dropped), and partitions made so
+    many months ahead."""
+
+    rejected_days: int = 90
+    load_minute_days: int = 35
+    months_ahead: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +175,7 @@ class Settings:
     kafka: KafkaSettings
     database: DatabaseSettings
     topic_partitions: int
+    retention: RetentionSettings = RetentionSettings()
 
 
 def read_environment(env_file: Path | None = None) -> dict[str, str]:
@@ -169,20 +241,92 @@ def load_config(env: Mapping[str, str]) -> Settings:
         group_id=get("KAFKA_GROUP_ID") or "lmnh-pipeline",
         max_poll_interval_ms=integer("KAFKA_MAX_POLL_INTERVAL_MS", 300_000, 10_000, 86_400_000),
         local=bootstrap is None,
+        socket_timeout_ms=integer("KAFKA_SOCKET_TIMEOUT_MS", 10_000, 1_000, 300_000),
     )
 
     db_host = get("DB_HOST")
-    local_db = db_host is None
+    hosts = [h.strip() for h in db_host.split(",")] if db_host else [LOCAL_DB_HOST]
+    if any(not h for h in hosts):
+        problems.append(f"DB_HOST={db_host!r} has an empty host name between commas")
+    port, ports = _ports(get("DB_PORT"), 5432 if db_host else LOCAL_DB_PORT, len(hosts), problems)
+    sslmode = get("DB_SSLMODE")
+    if sslmode is not None and sslmode.lower() not in SSL_MODES:
+        problems.append(f"DB_SSLMODE={sslmode!r} must be one of {', '.join(SSL_MODES)}")
+    elif sslmode is None:
+        # A server across a network is verified by default; on this machine there is no one
+        # between us to verify against.
+        sslmode = "prefer" if all(_on_this_machine(h) for h in hosts) else "verify-full"
+    attrs = get("DB_TARGET_SESSION_ATTRS")
+    if attrs is not None and attrs.lower() not in SESSION_ATTRS:
+        problems.append(
+            f"DB_TARGET_SESSION_ATTRS={attrs!r} must be one of {', '.join(SESSION_ATTRS)}"
+        )
+    elif attrs is None and len(hosts) > 1:
+        attrs = "read-write"  # the pipeline writes: follow whichever host is the primary
+    default = Liveness()
+    liveness = Liveness(
+        connect_timeout_s=integer("DB_CONNECT_TIMEOUT", default.connect_timeout_s, 2, 300),
+        keepalives_idle_s=integer("DB_KEEPALIVES_IDLE", default.keepalives_idle_s, 1, 7200),
+        keepalives_interval_s=integer(
+            "DB_KEEPALIVES_INTERVAL", default.keepalives_interval_s, 1, 600
+        ),
+        keepalives_count=integer("DB_KEEPALIVES_COUNT", default.keepalives_count, 1, 100),
+        tcp_user_timeout_ms=integer(
+            "DB_TCP_USER_TIMEOUT_MS", default.tcp_user_timeout_ms, 0, 3_600_000
+        ),
+    )
     database = DatabaseSettings(
-        host=db_host or LOCAL_DB_HOST,
-        port=integer("DB_PORT", 5432 if db_host else LOCAL_DB_PORT, 1, 65535),
+        host=",".join(hosts),
+        port=port,
         name=get("DB_NAME") or LOCAL_DB_NAME,
         username=get("DB_USERNAME") or LOCAL_DB_USERNAME,
         password=Secret(get("DB_PASSWORD") or ("" if db_host else LOCAL_DB_PASSWORD)),
-        sslmode=get("DB_SSLMODE"),
-        local=local_db,
+        sslmode=sslmode.lower(),
+        local=db_host is None,
+        ports=ports,
+        sslrootcert=get("DB_SSLROOTCERT"),
+        target_session_attrs=attrs.lower() if attrs else None,
+        liveness=liveness,
     )
     partitions = integer("KAFKA_PARTITIONS", 6, 1, 1000)
+    kept = RetentionSettings()
+    retention = RetentionSettings(
+        rejected_days=integer("RETENTION_REJECTED_DAYS", kept.rejected_days, 1, 36_500),
+        load_minute_days=integer("RETENTION_LOAD_MINUTE_DAYS", kept.load_minute_days, 1, 36_500),
+        months_ahead=integer("PARTITION_MONTHS_AHEAD", kept.months_ahead, 0, 120),
+    )
     if problems:
         raise ConfigError(problems)
-    return Settings(kafka=kafka, database=database, topic_partitions=partitions)
+    return Settings(
+        kafka=kafka, database=database, topic_partitions=partitions, retention=retention
+    )
+
+
+def _ports(
+    raw: str | None, default: int, hosts: int, problems: list[str]
+) -> tuple[int, tuple[int, ...]]:
+    """DB_PORT: one port for every host, or one per host (libpq's form). Returns the first
+    port and, when there are several, all of them."""
+    if raw is None:
+        return default, ()
+    parts = [p.strip() for p in raw.split(",")]
+    if not all(p.isascii() and p.isdigit() and 1 <= int(p) <= MAX_PORT for p in parts):
+        problems.append(f"DB_PORT={raw!r} must be a port from 1 to {MAX_PORT}, or one per host")
+        return default, ()
+    if len(parts) == 1:
+        return int(parts[0]), ()
+    if len(parts) != hosts:
+        problems.append(f"DB_PORT={raw!r} lists {len(parts)} ports for {hosts} hosts in DB_HOST")
+        return default, ()
+    ports = tuple(int(p) for p in parts)
+    return ports[0], ports
+
+
+def _on_this_machine(host: str) -> bool:
+    """A loopback address, localhost, or a Unix socket's directory."""
+    if host.startswith("/") or host.lower() in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

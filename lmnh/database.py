@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -12,9 +17,15 @@ from psycopg2.extensions import connection as Connection
 
 from lmnh.config import DatabaseSettings
 from lmnh.errors import ExitCode, FatalError, PermanentError, PipelineError, TransientError
+from lmnh.schema_version import APPLY_COMMAND, LEDGER, refusal
 
+# The schema as files: schema.sql for `psql -f schema.sql` on an empty database, roles.sql for
+# the grants. The migrations (lmnh/migrations, applied by `apply_schema`) make the same, with
+# the dashboard's views.sql, which a test checks.
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
 ROLES_FILE = SCHEMA_FILE.parent / "roles.sql"  # grants on all the others, so it comes last
+# The ledger, its log and lock, and yoyo's own version: dropped by a reset with the tables.
+_YOYO_TABLES = (LEDGER, "_yoyo_log", "_yoyo_version", "yoyo_lock")
 # The tables of schema.sql, children before parents. What other parts add on top of them (the
 # dashboard's views and rollups) is dropped with them by a reset, and rebuilt by their own file.
 TABLES = (
@@ -29,29 +40,52 @@ TABLES = (
     "floor",
     "department",
 )
-CONNECT_TIMEOUT_S = 10
+# What libpq says when the server's certificate, or TLS itself, is refused: waiting won't help.
+_TLS_REFUSALS = ("certificate", "does not match host name", "server does not support SSL")
 
 
 def connect(db: DatabaseSettings, *, application_name: str = "lmnh") -> Connection:
     """Open a connection, or say what to fix.
 
-    Authentication and a missing database cannot heal by waiting (`FatalError`); a server that
-    is down or unreachable may come back (`TransientError`).
+    Every connection notices a silent server within seconds (`db.liveness`: TCP keepalives
+    while idle, `tcp_user_timeout` while data is unacknowledged, `connect_timeout` per host),
+    and with several hosts it takes the one `target_session_attrs` asks for (the primary).
+    Authentication, TLS and a missing database cannot heal by waiting (`FatalError`); a server
+    that is down or unreachable may come back (`TransientError`).
     """
+    live = db.liveness
+    parameters: dict[str, Any] = {
+        "host": db.host,
+        "port": ",".join(map(str, db.ports)) if db.ports else db.port,
+        "dbname": db.name,
+        "user": db.username,
+        "password": db.password.reveal(),
+        "sslmode": db.sslmode or "prefer",
+        "connect_timeout": live.connect_timeout_s,
+        "keepalives": 1,
+        "keepalives_idle": live.keepalives_idle_s,
+        "keepalives_interval": live.keepalives_interval_s,
+        "keepalives_count": live.keepalives_count,
+        "tcp_user_timeout": live.tcp_user_timeout_ms,
+        "application_name": application_name,
+    }
+    if db.sslrootcert:
+        parameters["sslrootcert"] = db.sslrootcert
+    if db.target_session_attrs:
+        parameters["target_session_attrs"] = db.target_session_attrs
     try:
-        return psycopg2.connect(
-            host=db.host,
-            port=db.port,
-            dbname=db.name,
-            user=db.username,
-            password=db.password.reveal(),
-            sslmode=db.sslmode or "prefer",
-            connect_timeout=CONNECT_TIMEOUT_S,
-            application_name=application_name,
-        )
+        conn: Connection = psycopg2.connect(**parameters)
     except psycopg2.OperationalError as error:
-        message = str(error).strip().splitlines()[-1] if str(error).strip() else "no answer"
-        where = f"{db.username}@{db.host}:{db.port}/{db.name}"
+        text = str(error).strip()
+        message = _refusal(text) or (text.splitlines()[-1] if text else "no answer")
+        where = f"{db.username}@{db.where}/{db.name}"
+        if any(refusal in text for refusal in _TLS_REFUSALS):
+            raise FatalError(
+                f"database at {where} refused over TLS ({message}): with DB_SSLMODE="
+                f"{db.sslmode}, DB_SSLROOTCERT must name the CA that signed the server's"
+                " certificate and DB_HOST the name on it",
+                ExitCode.DATABASE_UNREACHABLE,
+            ) from None
         if "password authentication failed" in message or "no pg_hba.conf entry" in message:
             raise FatalError(
                 f"database refused the login {where}: check DB_USERNAME and DB_PASSWORD",
@@ -64,6 +98,88 @@ def connect(db: DatabaseSettings, *, application_name: str = "lmnh") -> Connecti
             ) from None
         hint = "start it with `python -m stack up`" if db.local else "check DB_HOST and DB_PORT"
         raise TransientError(f"database unreachable at {where} ({message}): {hint}") from None
+    # A server that freezes right after taking the connection must not hold its opener.
+    with bounded(conn, db.liveness.connect_timeout_s):
+        _ask_server_for_keepalives(conn, db)
+    return conn
+
+
+def _ask_server_for_keepalives(conn: Connection, db: DatabaseSettings) -> None:
+    """The server's side of the same bounds, for this session: one whose client went silent
+    ends within seconds, with its locks, instead of after the server's default two hours.
+    Set after connecting rather than as a startup option, which a connection pooler may
+    refuse; a server or pooler that refuses the settings leaves them at its own."""
+    live = db.liveness
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT set_config('tcp_keepalives_idle', %s, false),"
+                " set_config('tcp_keepalives_interval', %s, false),"
+                " set_config('tcp_keepalives_count', %s, false),"
+                " set_config('tcp_user_timeout', %s, false)",
+                [
+                    str(live.keepalives_idle_s),
+                    str(live.keepalives_interval_s),
+                    str(live.keepalives_count),
+                    str(live.tcp_user_timeout_ms),
+                ],
+            )
+        conn.commit()
+    except psycopg2.Error:
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()
+
+
+def tried_last(db: DatabaseSettings, host: str, port: int) -> DatabaseSettings:
+    """`db` with the server at host:port moved to the end of its hosts: libpq tries them in
+    order, each for up to the connect timeout, and one that does not answer should not hold
+    every new connection first."""
+    hosts = db.host.split(",")
+    ports = list(db.ports) or [db.port] * len(hosts)
+    if len(hosts) < 2 or (host, port) not in zip(hosts, ports, strict=True):  # noqa: PLR2004
+        return db
+    pairs = sorted(zip(hosts, ports, strict=True), key=lambda pair: pair == (host, port))
+    return replace(
+        db,
+        host=",".join(h for h, _ in pairs),
+        port=pairs[0][1],
+        ports=tuple(p for _, p in pairs) if db.ports else (),
+    )
+
+
+@contextlib.contextmanager
+def bounded(conn: Connection, seconds: float) -> Iterator[None]:
+    """What the block asks of `conn` is cut off (`sever`) if it takes longer than `seconds`:
+    for the questions no watchdog watches yet, to a server that may freeze meanwhile."""
+    timer = threading.Timer(seconds, sever, (conn,))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def sever(conn: Connection) -> None:
+    """Shut a connection's socket down from any thread, so that a thread blocked on it (a
+    server that never answers: frozen, or gone with its packets) gets an error at once and
+    closes it. The server's side is not told; its backend ends when it notices."""
+    if conn.closed:
+        return
+    try:
+        fd = os.dup(conn.fileno())
+    except (psycopg2.Error, OSError):  # closed meanwhile
+        return
+    with socket.socket(fileno=fd) as sock, contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _refusal(text: str) -> str | None:
+    """libpq's line that says why, among the lines it gives per host tried."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if any(refusal in line for refusal in _TLS_REFUSALS):
+            return line.removeprefix("FATAL:").strip()
+    return None
 
 
 def execute_outside_transaction(db: DatabaseSettings, statement: sql.Composable) -> None:
@@ -128,24 +244,66 @@ def missing_tables(conn: Connection) -> list[str]:
     return missing
 
 
-def require_schema(conn: Connection) -> None:
-    missing = missing_tables(conn)
-    if missing:
-        raise FatalError(
-            f"schema missing: no table {', '.join(missing)}: run `python -m stack schema`",
-            ExitCode.SCHEMA_MISSING,
+def applied_migrations(conn: Connection) -> list[str] | None:
+    """The migrations the database's ledger records as applied, in order; None if it has no
+    ledger (an empty database, or one made by a release from before migrations)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER,))
+        row = cur.fetchone()
+        if not (row and row[0]):
+            conn.rollback()
+            return None
+        cur.execute(
+            sql.SQL("SELECT migration_id FROM {} ORDER BY applied_at_utc, migration_id").format(
+                sql.Identifier(LEDGER)
+            )
         )
+        applied = [row[0] for row in cur.fetchall()]
+    conn.rollback()
+    return applied
 
 
-def apply_schema(conn: Connection, extensions: Sequence[Path] = ()) -> None:
-    """Create what is missing and seed the reference data; never drops or deletes. Each of
-    `extensions` (say, the dashboard's views.sql) is applied after schema.sql and before
-    roles.sql, which grants on what they made too. The pipeline itself needs none of them."""
-    with conn, conn.cursor() as cur:
-        cur.execute(SCHEMA_FILE.read_text(encoding="utf-8"))
-        for extension in extensions:
-            cur.execute(extension.read_text(encoding="utf-8"))
-        cur.execute(ROLES_FILE.read_text(encoding="utf-8"))
+def require_schema(conn: Connection, *, from_schema_sql: bool = False) -> None:
+    """Refuse a database whose schema is at another version than this code's (exit 6), with
+    one line that says what to run. `from_schema_sql`: also take one made by this release's
+    schema.sql alone (`psql -f schema.sql`, the original design's way: every table there and
+    already partitioned, no ledger), which holds all the pipeline needs."""
+    try:
+        applied = applied_migrations(conn)
+        missing = missing_tables(conn) if applied is None else []
+        if from_schema_sql and applied is None and not missing and made_by_schema_sql(conn):
+            return
+    except psycopg2.Error as error:
+        raise classify(error) from None
+    reason = refusal(applied, missing)
+    if reason:
+        raise FatalError(reason, ExitCode.SCHEMA_MISSING)
+
+
+def made_by_schema_sql(conn: Connection) -> bool:
+    """Whether a database without a ledger was made by this release's schema.sql rather than
+    by a release from before migrations: its fact tables are partitioned already."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT relkind = 'p' FROM pg_class WHERE oid = 'rating_interaction'::regclass")
+        row = cur.fetchone()
+    conn.rollback()
+    return bool(row and row[0])
+
+
+def apply_schema(conn: Connection, extensions: Sequence[Path] = ()) -> list[str]:
+    """Apply the migrations the database lacks (`lmnh.migrate`: the pipeline's tables, the
+    dashboard's views and rollups, the roles), then each of `extensions`, files of idempotent
+    SQL applied again on every call; return the migrations applied. Never drops or deletes."""
+    # yoyo is imported here, where the schema is applied, so that the pipeline and the
+    # dashboard, which only check the version, start without it.
+    from lmnh.migrate import apply_migrations  # noqa: PLC0415
+
+    applied = apply_migrations(conn)
+    if extensions:
+        with conn, conn.cursor() as cur:
+            for extension in extensions:
+                cur.execute(extension.read_text(encoding="utf-8"))
+    return applied
 
 
 def table_row_counts(conn: Connection) -> dict[str, int]:
@@ -162,10 +320,11 @@ def table_row_counts(conn: Connection) -> dict[str, int]:
 
 
 def reset_schema(conn: Connection, extensions: Sequence[Path] = ()) -> None:
-    """Drop every table of the schema with all its rows, and whatever depends on them, then
-    apply the schema and `extensions` afresh."""
+    """Drop every table of the schema with all its rows, and whatever depends on them, and the
+    migrations' ledger, then apply the migrations and `extensions` afresh."""
     with conn, conn.cursor() as cur:
-        tables = sql.SQL(", ").join(sql.Identifier(table) for table in TABLES)
+        dropped = (*TABLES, *_YOYO_TABLES)
+        tables = sql.SQL(", ").join(sql.Identifier(table) for table in dropped)
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(tables))
     apply_schema(conn, extensions)
 
@@ -221,7 +380,7 @@ def classify(error: Exception) -> PipelineError:
         return PermanentError(said)
     if code in _SCHEMA_CODES:
         return FatalError(
-            f"schema missing or out of date ({said}): run `python -m stack schema`",
+            f"schema missing or out of date ({said}): run `{APPLY_COMMAND}`",
             ExitCode.SCHEMA_MISSING,
         )
     if code in _GONE_CODES:

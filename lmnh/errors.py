@@ -40,6 +40,12 @@ class TransientError(PipelineError):
     """A service is down or busy: back off, retry, commit nothing meanwhile."""
 
 
+class DatabaseBehind(PipelineError):
+    """The database holds less than this run stored: it lost its latest transactions (a
+    failover to a standby that had not received them, a restore). Nothing is stored; the
+    partitions start again from where the database says, so what it lost is loaded again."""
+
+
 class PermanentError(PipelineError):
     """This write can never succeed as it is (the data itself is refused): retrying is useless,
     so the batch is split to set the offending message aside and store the rest."""

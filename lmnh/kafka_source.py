@@ -11,13 +11,27 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from lmnh.config import KafkaSettings
 from lmnh.errors import ExitCode, FatalError, TransientError
 from lmnh.events import KafkaMessage
 from lmnh.health import GroupState
-from lmnh.kafka_admin import admin_client, client_config, topic_id, wait_until_ready
+from lmnh.kafka_admin import (
+    TopicIdentity,
+    admin_client,
+    client_config,
+    topic_id,
+    wait_until_ready,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +42,10 @@ _CONSUME_SLICE_S = 0.2
 # While a batch waits for the writer, how often it checks that the writer is free.
 _READY_CHECK_S = 0.002
 _CLOSE_TIMEOUT_S = 10.0
-_REQUEST_TIMEOUT_S = 5.0  # the topic's id, its watermarks
+_REQUEST_TIMEOUT_S = 5.0  # the partitions' end offsets
+# Longest a fetched batch waits in one call for the topic's identity to be confirmed; then it
+# is kept for the next call, so that the loop goes on seeing its stop flag and its writer.
+_CONFIRM_WAIT_S = 0.5
 _POSITION_RETRY_S = 2.0  # how often partitions waiting for the database ask it again
 _ASSIGN_WAIT_S = 1.0  # longest a rebalance callback waits for the database's offsets
 _LAG_EVERY_S = 1.0  # how often the consumer lag is worked out from the client's cache
@@ -59,6 +76,9 @@ class KafkaSource:
     ) -> None:
         self.topic = topic
         self._kafka = kafka
+        # Where a partition the database has never loaded starts, whatever Kafka holds for the
+        # group: the database, not the group's commits, says what is loaded.
+        self._first_offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
         self._start_offsets = start_offsets
         self._before_revoke = before_revoke
         self._fatal: FatalError | None = None
@@ -66,8 +86,9 @@ class KafkaSource:
         # Assigned but paused until the database says where they resume.
         self._unpositioned: set[int] = set()
         self._position_retry_at = 0.0
-        self._admin = admin_client(kafka)
         self.topic_id = ""  # Kafka's id of the topic, known after check()
+        self._identity: TopicIdentity | None = None  # asks the broker for it, from check()
+        self._unconfirmed_since: float | None = None  # a fetched batch waits for it since
         self._carry: list[KafkaMessage] = []  # fetched while holding, not yet in a batch
         self.rebalanced_at: float | None = None  # monotonic time of the last assign or revoke
         self._lock = threading.Lock()
@@ -77,6 +98,9 @@ class KafkaSource:
         self._left_at: float | None = None
         self._assigned: tuple[int, ...] = ()
         self._next_to_load: dict[int, int] = {}  # by the database: at assignment, then commits
+        # Where this assignment started each partition: the database's offset, else the first
+        # message fetched. A rewind goes back there when the database has no row any more.
+        self._started_at: dict[int, int] = {}
         self._lag: dict[int, int] = {}  # replaced whole, never changed in place
         # Each partition's high watermark when the lag was last worked out; read by the
         # writer thread, so it too is replaced whole.
@@ -98,6 +122,7 @@ class KafkaSource:
                 "queued.max.messages.kbytes": queue_kbytes,
                 "queued.min.messages": 10000,
                 "error_cb": self._on_error,
+                "on_commit": self._on_commit,
                 "logger": log,  # librdkafka's own lines, through logging rather than raw stderr
             }
         )
@@ -121,9 +146,10 @@ class KafkaSource:
                 ExitCode.TOPIC_MISSING,
             )
         try:
-            self.topic_id = topic_id(self._admin, self.topic, timeout_s)
+            self.topic_id = topic_id(admin_client(self._kafka), self.topic, timeout_s)
         except TransientError as error:  # at start, not an outage to wait out: say it is Kafka
             raise FatalError(str(error), ExitCode.BROKER_UNREACHABLE) from None
+        self._identity = TopicIdentity(self._kafka, self.topic, self.topic_id)
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -147,10 +173,16 @@ class KafkaSource:
         (a quiet feed is stored at once), and grows while it is busy (a busy one still fills
         large batches).
 
-        Messages are returned only once the topic is confirmed to be the one this run started
-        on, after they were fetched: one recreated meanwhile could otherwise pass as the old
-        one with its first offsets skipped.
+        Messages are returned only once the broker, asked after they were fetched, has
+        confirmed that the topic is the one this run started on (`TopicIdentity`, which asks
+        on a connection of its own, replaced when silent): one recreated meanwhile could
+        otherwise pass as the old one with its first offsets skipped. Until then they are kept
+        for the next call.
         """
+        identity = self._identity
+        if identity is None:
+            raise RuntimeError("KafkaSource.check() must be called before next_batch()")
+        identity.raise_if_changed()
         self._position()
         batch, self._carry = self._carry[:max_messages], self._carry[max_messages:]
         due = time.monotonic() + max_wait_s if batch else None  # when the batch may go
@@ -178,14 +210,32 @@ class KafkaSource:
                     due = time.monotonic() + max_wait_s
                 elif not polled:
                     break  # an idle slice: let the caller look at the clock and the stop flag
-        if batch:
-            try:
-                self._confirm_topic()
-            except TransientError as error:
-                log.warning("%s; the batch waits", error)
-                self._carry = batch + self._carry
-                return []
+        if batch and not self._confirmed(identity, len(batch)):
+            self._carry = batch + self._carry
+            return []
         return batch
+
+    def _confirmed(self, identity: TopicIdentity, size: int) -> bool:
+        """Whether messages fetched until now are the run's topic's, waiting a little for the
+        broker to say; a wait that lasts is logged when it starts and when it ends."""
+        fetched_at = time.monotonic()
+        if identity.confirmed(fetched_at, _CONFIRM_WAIT_S):
+            if self._unconfirmed_since is not None:
+                log.info(
+                    "topic %r confirmed after %.1f s; its fetched messages go on",
+                    self.topic,
+                    fetched_at - self._unconfirmed_since,
+                )
+                self._unconfirmed_since = None
+            return True
+        if self._unconfirmed_since is None:
+            self._unconfirmed_since = fetched_at
+            log.warning(
+                "%d fetched messages wait for Kafka to confirm which topic %r is",
+                size,
+                self.topic,
+            )
+        return False
 
     def hold(self) -> None:
         """Stay in the group without taking more messages, while the database is slow or away.
@@ -219,15 +269,25 @@ class KafkaSource:
         offsets = [TopicPartition(self.topic, p, o + 1) for p, o in highest.items()]
         self._next_to_load.update((tp.partition, tp.offset) for tp in offsets)
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            # Asynchronous: the loop never waits on the group coordinator's connection, which
+            # may be silent while the fetches' is not. The result is logged by _on_commit;
+            # close() waits for commits in flight.
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as error:
+            self._on_commit(error.args[0], offsets)
+
+    def _on_commit(self, error: KafkaError | None, offsets: list[TopicPartition]) -> None:
+        """A commit's outcome, from the client's thread of calls: only failures are said."""
+        cause = error or next((tp.error for tp in offsets if tp.error is not None), None)
+        if cause is not None:
             log.warning(
-                "Kafka offset commit failed (%s); the database keeps the position",
-                error.args[0].str(),
+                "Kafka offset commit failed (%s); the database keeps the position", cause.str()
             )
 
     def close(self) -> None:
         """Leave the group; bounded, because close() can hang when the broker is unhealthy."""
+        if self._identity is not None:
+            self._identity.close()
         closer = threading.Thread(target=self._consumer.close, daemon=True)
         closer.start()
         closer.join(_CLOSE_TIMEOUT_S)
@@ -294,15 +354,15 @@ class KafkaSource:
             if error is not None:
                 self._message_error(error)
                 continue
-            kept.append(
-                KafkaMessage(
-                    self.topic,
-                    message.partition() or 0,  # always set on a consumed message
-                    message.offset() or 0,
-                    message.value(),
-                    _timestamp_ms(message.timestamp()),
-                )
+            kafka_message = KafkaMessage(
+                self.topic,
+                message.partition() or 0,  # always set on a consumed message
+                message.offset() or 0,
+                message.value(),
+                _timestamp_ms(message.timestamp()),
             )
+            self._started_at.setdefault(kafka_message.partition, kafka_message.offset)
+            kept.append(kafka_message)
         return kept
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -329,9 +389,10 @@ class KafkaSource:
             )
             return
         for tp in partitions:
-            tp.offset = known.get(tp.partition, tp.offset)
+            tp.offset = known.get(tp.partition, self._first_offset)
         consumer.assign(partitions)
         self._next_to_load.update(known)
+        self._started_at.update(known)
         log.info("assigned %s", _describe(self.topic, numbers, known))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -345,6 +406,7 @@ class KafkaSource:
         self._assigned = tuple(p for p in self._assigned if p not in revoked)
         for partition in revoked:
             self._next_to_load.pop(partition, None)
+            self._started_at.pop(partition, None)
         self._lag = {p: n for p, n in self._lag.items() if p not in revoked}
         log.info("revoked %s", ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions))
 
@@ -359,7 +421,14 @@ class KafkaSource:
             known = self._start_offsets(self.topic, self.topic_id, partitions, None)
             for partition, offset in known.items():
                 self._require_below_end(partition, offset)
-                self._consumer.seek(TopicPartition(self.topic, partition, offset))
+            for partition in partitions:
+                if partition in known:
+                    start = known[partition]
+                elif partition in self._started_at:  # a rewind: where this assignment began
+                    continue
+                else:
+                    start = self._first_offset
+                self._consumer.seek(TopicPartition(self.topic, partition, start))
         except (TransientError, KafkaException) as error:
             self._position_retry_at = time.monotonic() + _POSITION_RETRY_S
             log.warning(
@@ -372,7 +441,27 @@ class KafkaSource:
         self._consumer.resume([TopicPartition(self.topic, p) for p in partitions])
         self._unpositioned.clear()
         self._next_to_load.update(known)
+        for partition, offset in known.items():
+            self._started_at.setdefault(partition, offset)
         log.info("resuming %s", _describe(self.topic, partitions, known))
+
+    def rewind(self) -> None:
+        """Start every assigned partition again from where the database says it is loaded,
+        dropping what was fetched past it: the database lost transactions it had acknowledged
+        (a failover to a standby that had not received them). A partition it has no row for
+        any more starts again where this assignment started it."""
+        self._carry = []
+        assigned = [TopicPartition(self.topic, p) for p in self._assigned]
+        self._consumer.pause(assigned)
+        for tp in assigned:
+            if tp.partition in self._started_at:
+                tp.offset = self._started_at[tp.partition]
+                try:
+                    self._consumer.seek(tp)
+                except KafkaException as error:  # placed by the database's offsets instead
+                    log.warning("could not rewind %s[%d]: %s", self.topic, tp.partition, error)
+        self._unpositioned.update(self._assigned)
+        self._position_retry_at = 0.0
 
     def _require_below_end(self, partition: int, offset: int) -> None:
         """Offsets recorded before topic ids were: a stored offset past the partition's end
@@ -384,16 +473,6 @@ class KafkaSource:
                 f"{self.topic}[{partition}] ends at offset {high} but offset {offset} was"
                 " already loaded: the topic was recreated. Reset the database"
                 " (`python -m stack schema --reset`) or use a new topic",
-                ExitCode.TOPIC_MISSING,
-            )
-
-    def _confirm_topic(self) -> None:
-        now_id = topic_id(self._admin, self.topic, _REQUEST_TIMEOUT_S)
-        if now_id != self.topic_id:
-            raise FatalError(
-                f"topic {self.topic!r} was deleted and recreated while loading (id"
-                f" {self.topic_id}, now {now_id}): restart to load the new one from the"
-                " database's offsets",
                 ExitCode.TOPIC_MISSING,
             )
 

@@ -8,6 +8,7 @@ two apps in one process never share counts.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import socket
@@ -31,12 +32,12 @@ from prometheus_client.exposition import MetricsHandler, choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from lmnh.errors import ConfigError
-from lmnh.events import Reason
+from lmnh.events import Reason, Rejection
 from lmnh.health import NOT_STARTED, GroupState, Health, LoadState, judge
 from lmnh.museum import in_opening_hours
 
 if TYPE_CHECKING:
-    from lmnh.store import WriteResult
+    from lmnh.store import CopyBatch, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,39 @@ BATCH_SIZE_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000, 10
 STORE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 REQUEST_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _SERVER_POLL_S = 0.5  # how soon the server thread notices it is asked to stop
+# The `exhibition` label of rejected messages that named no known exhibition: whatever a message
+# says, the label takes the known exhibitions' public ids and this, no more.
+UNKNOWN_SITE = "unknown"
+SITE_OUTCOMES = ("stored", "rejected")
+_NAMED_FROM_END = 4  # a rejected_message COPY line: ..., named_exhibition, topic, partition, offset
+_COPY_NULL = b"\\N"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteCounts:
+    """A batch's messages by exhibition public id (`UNKNOWN_SITE` for rejects naming none)."""
+
+    stored: Mapping[str, int]  # ratings and requests
+    rejected: Mapping[str, int]
+
+
+def site_counts(batch: CopyBatch) -> SiteCounts:
+    """Count a batch's messages by the exhibition they came from: a fact's own, a reject's
+    named exhibition, read off the line that stores it in `rejected_message` (its
+    `named_exhibition` column, the fourth from the end of the COPY line, after which come only
+    the topic, partition and offset, which hold no tab). Working each reject's site out again
+    from its raw bytes would take six times as long: the pipeline's main thread pays for this."""
+    stored = collections.Counter(
+        [o.exhibition_public_id for o in batch.outcomes if not isinstance(o, Rejection)]
+    )
+    rejected = collections.Counter(
+        [line.rsplit(b"\t", _NAMED_FROM_END)[1] for line in batch.data[2].split(b"\n")[:-1]]
+    )
+    named = {
+        UNKNOWN_SITE if site == _COPY_NULL else site.decode("ascii"): count
+        for site, count in rejected.items()
+    }
+    return SiteCounts(stored, named)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +152,15 @@ class PipelineMetrics:
             buckets=STORE_SECONDS_BUCKETS,
             registry=registry,
         )
+        self._site_messages = Counter(
+            f"{PREFIX}_site_messages",
+            "Messages stored as facts or rejected, by the exhibition they came from (a reject's"
+            f" named exhibition, {UNKNOWN_SITE!r} when it named no known one) and outcome.",
+            ["exhibition", "outcome"],
+            registry=registry,
+        )
+        self._sites: dict[tuple[str, str], Counter] = {}
+        self._sites_known: frozenset[str] = frozenset()
         self._watched: _Watched | None = None
         registry.register(self)
 
@@ -145,6 +188,24 @@ class PipelineMetrics:
         if result.set_aside:
             self._set_aside.inc(len(result.set_aside))
         self._batch_size.observe(size)
+
+    def stored_by_site(self, batch: CopyBatch) -> None:
+        """A committed batch's messages by exhibition (`site_counts`). Every exhibition of the
+        reference data, and `UNKNOWN_SITE`, is exported from 0 on: a kiosk that sends nothing
+        after a restart still has a series, whose increase is 0."""
+        known = batch.reference.exhibition_start.keys()
+        if known != self._sites_known:
+            for exhibition in (*sorted(known), UNKNOWN_SITE):
+                for outcome in SITE_OUTCOMES:
+                    if (exhibition, outcome) not in self._sites:
+                        child = self._site_messages.labels(exhibition, outcome)
+                        self._sites[exhibition, outcome] = child
+            self._sites_known = frozenset(known)
+        counts = site_counts(batch)
+        for outcome, by_site in (("stored", counts.stored), ("rejected", counts.rejected)):
+            for exhibition, count in by_site.items():
+                site = exhibition if (exhibition, outcome) in self._sites else UNKNOWN_SITE
+                self._sites[site, outcome].inc(count)
 
     def store_took(self, seconds: float) -> None:
         self._store_seconds.observe(seconds)
@@ -186,10 +247,18 @@ class PipelineMetrics:
                 " the first.",
                 value=load.last_commit_unix,
             )
+        health = self._judge(group, load)
         yield GaugeMetricFamily(
             f"{PREFIX}_healthy",
             "1 when /health answers 200 (in its group and storing), else 0.",
-            value=int(self._judge(group, load).healthy),
+            value=int(health.healthy),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_unstored_wait_seconds",
+            "How long messages have waited to be stored with no batch committed meanwhile (a"
+            " batch in flight, lag, or a partition waiting for its start offset), 0 while none"
+            " waits: /health says stalled once it reaches --health-stall-seconds.",
+            value=health.unstored_wait_s or 0.0,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_museum_open",
@@ -206,7 +275,7 @@ class PipelineMetrics:
 
     def _judge(self, group: GroupState, load: LoadState) -> Health:
         stall_s = self._watched.stall_s if self._watched else 0.0
-        return judge(group, load, time.monotonic(), stall_s)
+        return judge(group, load, time.monotonic(), stall_s, time.time())
 
 
 class MetricsServer:

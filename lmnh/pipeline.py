@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from lmnh import backoff
-from lmnh.errors import ExitCode, FatalError, PermanentError, TransientError
+from lmnh.errors import DatabaseBehind, ExitCode, FatalError, PermanentError, TransientError
 from lmnh.events import KafkaMessage, Outcome, Reason, Rejection
 from lmnh.health import LoadState
 from lmnh.metrics import PipelineMetrics
@@ -66,6 +66,9 @@ class MessageSource(Protocol):
     def commit(self, messages: Sequence[KafkaMessage]) -> None: ...
     def hold(self) -> None: ...
     def release(self) -> None: ...
+    def rewind(self) -> None:
+        """Start every partition again from where the database says it is loaded."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,11 @@ class Pipeline:
         self._reader = _Worker("lmnh-reader")  # the main thread's reads
         self._source: MessageSource
         self._stats = RunStats()
+        # The next offset after what this run has stored, by partition: a database below it
+        # lost acknowledged transactions. Touched by the writer thread, and by the main thread
+        # only while no batch is in flight.
+        self._stored_through: dict[tuple[str, int], int] = {}
+        self._rewound = False
 
     def start_offsets(
         self, topic: str, topic_id: str, partitions: list[int], wait_s: float | None
@@ -225,7 +233,13 @@ class Pipeline:
             log.warning("the batch in flight is not stored yet; the rebalance goes on without it")
             return
         self._in_flight = None
-        self._done(write, self._wait(write, may_hold=False))  # in a rebalance callback: no polls
+        try:
+            result = self._wait(write, may_hold=False)  # in a rebalance callback: no polls
+        except DatabaseBehind as behind:
+            self._stored_through.clear()
+            log.warning("%s; the partitions' next owners start from the database", behind)
+            return
+        self._done(write, result)
 
     def load_state(self) -> LoadState:
         """What /health needs of the loop; read from the metrics server's thread."""
@@ -266,6 +280,9 @@ class Pipeline:
             # The writer waits only while the batch in flight is being stored: the next one is
             # ready before, and what follows a commit is done after handing it over.
             stored = self._wait_in_flight()
+            if self._rewound:  # what was fetched meanwhile may lie past the hole: fetch again
+                self._rewound = False
+                continue
             if messages:
                 self._in_flight = self._submit(batch, now)
             if stored is not None:
@@ -284,7 +301,22 @@ class Pipeline:
 
     def _wait_in_flight(self) -> tuple[_Write, WriteResult] | None:
         write, self._in_flight = self._in_flight, None
-        return None if write is None else (write, self._wait(write))
+        if write is None:
+            return None
+        try:
+            return write, self._wait(write)
+        except DatabaseBehind as behind:
+            self._rewind(behind)
+            return None
+
+    def _rewind(self, behind: DatabaseBehind) -> None:
+        """The database lost what it had acknowledged: forget what this run believes stored,
+        and load again from where the database says (nothing of the batch was stored, and
+        its offsets were not committed to Kafka)."""
+        log.warning("%s; loading again from where it says", behind)
+        self._stored_through.clear()
+        self._source.rewind()
+        self._rewound = True
 
     def _finish_in_flight(self) -> None:
         stored = self._wait_in_flight()
@@ -325,12 +357,16 @@ class Pipeline:
         topic_id = self._source.topic_id
 
         def write(part: CopyBatch) -> WriteResult:
-            return self._store.write_batch(part, topic_id, self._source.high_watermarks)
+            return self._store.write_batch(
+                part, topic_id, self._source.high_watermarks, self._stored_through
+            )
 
         submitted_at = time.monotonic()
 
         def store() -> WriteResult:  # on the writer thread
             stored = self._write(batch, write)
+            for key, offset in batch.highest.items():
+                self._stored_through[key] = max(self._stored_through.get(key, 0), offset + 1)
             committed_at = time.monotonic()
             self._last_commit = (committed_at, time.time())
             self._metrics.store_took(committed_at - submitted_at)
@@ -341,8 +377,10 @@ class Pipeline:
     def _write(self, batch: CopyBatch, write: WriteBatch) -> WriteResult:
         """Store a batch, waiting out an unavailable database. A batch refused for its data is
         halved, first half first (each partition's offset only moves forward), until each
-        refused message is alone; that one is set aside as an `unstorable` rejection with its
-        raw bytes and the error, and the rest is stored: one message never holds up the feed."""
+        refused message is alone. A rejected message refused as such is set aside as an
+        `unstorable` rejection with its raw bytes and the error, and the rest is stored: one
+        message never holds up the feed. A valid event refused alone stops the run (exit 8):
+        facts are never turned into rejects for a fault of the database's."""
         try:
             return self._retry(lambda: write(batch))
         except PermanentError as error:
@@ -352,6 +390,16 @@ class Pipeline:
                 first = self._write(batch.part(0, half), write)
                 return first + self._write(batch.part(half, size), write)
             message = batch.messages[0]
+            if not isinstance(batch.outcomes[0], Rejection):
+                # A valid event the database refuses on its own: the fault is the database's
+                # (a trigger, a constraint, an extension), and would refuse its like too.
+                raise FatalError(
+                    f"the database refuses a valid message, {message.topic}"
+                    f"[{message.partition}]@{message.offset} ({error}): a fault of the"
+                    " database (a trigger, a constraint, an extension), not of the message;"
+                    " it and what follows it are not stored, and the next run starts there",
+                    ExitCode.DATABASE_REFUSED,
+                ) from error
             rejection = unstorable(batch.outcomes[0], error)
             log.error(
                 "%s[%d]@%d set aside: %s",
@@ -375,17 +423,18 @@ class Pipeline:
         source = self._source
         held = False
         self._finishing = write  # until it is done, also for _give_up after an interruption
-        while True:
-            try:
-                result = write.result.result(timeout=_HOLD_CHECK_S if may_hold else None)
-                break
-            except TimeoutError:  # the database is slow or away: stay in the group meanwhile
-                source.hold()
-                held = True
-        self._finishing = None
-        if held:
-            source.release()
-        return result
+        try:
+            while True:
+                try:
+                    return write.result.result(timeout=_HOLD_CHECK_S if may_hold else None)
+                except TimeoutError:  # the database is slow or away: stay in the group
+                    source.hold()
+                    held = True
+        finally:
+            if write.result.done():
+                self._finishing = None
+            if held:
+                source.release()
 
     def _done(self, write: _Write, result: WriteResult) -> None:
         """After a batch's transaction: commit its offsets to Kafka and log its rejects."""
@@ -393,6 +442,10 @@ class Pipeline:
         self._source.commit(batch.messages)
         self._stats.add(result, write.size, write.arrived_at)
         self._metrics.stored(result, write.size)
+        # A replay's messages stored before are not told apart from the rest: its sites are
+        # left uncounted rather than counted twice (a rare batch, after a crash or a rebalance).
+        if not result.already_stored:
+            self._metrics.stored_by_site(batch)
         aside = {id(message) for message, _ in result.set_aside}
         rejected = [
             (message, outcome)

@@ -17,14 +17,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
+import psycopg2
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
 
 from lmnh import backoff
 from lmnh.config import DatabaseSettings
-from lmnh.database import classify, connect, require_schema
-from lmnh.errors import ExitCode, FatalError, TransientError
+from lmnh.database import bounded, classify, connect, require_schema, tried_last
+from lmnh.errors import DatabaseBehind, ExitCode, FatalError, PipelineError, TransientError
 from lmnh.events import (
     KafkaMessage,
     Outcome,
@@ -36,6 +38,7 @@ from lmnh.events import (
 )
 from lmnh.museum import Reference
 from lmnh.validation import named_exhibition
+from lmnh.watchdog import Backend, Watchdog, end_sessions, identify
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +90,59 @@ class Store:
 
     def __init__(self, db: DatabaseSettings) -> None:
         self._db = db
-        self._connections: dict[int, Connection] = {}
+        self._connections: dict[int, tuple[Connection, Backend]] = {}
         self._lock = threading.Lock()
+        self._watchdog = Watchdog(db, retire=self._retire)
+        # Sessions of connections given up on: ended from the next connection, lest they hold
+        # the offsets' row locks until their server notices that we are gone.
+        self._abandoned: list[Backend] = []
+        self._retired: set[int] = set()  # connections to a server that does not answer
 
-    def _connection(self) -> Connection:
+    def _connection(self) -> tuple[Connection, Backend]:
         thread = threading.get_ident()
         with self._lock:
-            conn = self._connections.get(thread)
-        if conn is None or conn.closed:
+            held = self._connections.get(thread)
+        if held is not None and id(held[0]) in self._retired:
+            self._drop_connection()
+            held = None
+        if held is None or held[0].closed:
             conn = connect(self._db, application_name="lmnh-pipeline")
+            try:
+                # Not watched yet (the watchdog needs to know the session): bounded on its own.
+                with bounded(conn, self._db.liveness.connect_timeout_s):
+                    held = (conn, identify(conn))
+                    self._end_abandoned(conn)
+            except Exception as error:
+                classified = classified_error(conn, error)
+                conn.close()
+                raise classified from error
             with self._lock:
-                self._connections[thread] = conn
-        return conn
+                self._connections[thread] = held
+        return held
+
+    def _retire(self, host: str, port: int) -> None:
+        """A server that does not answer: every connection to it is given up at its next use
+        (a new one goes to whichever host is writable now), and of several hosts it is tried
+        last from now on, so that a new connection does not wait for it first."""
+        with self._lock:
+            self._retired.update(
+                id(c) for c, b in self._connections.values() if (b.host, b.port) == (host, port)
+            )
+            self._db = tried_last(self._db, host, port)
+
+    def _end_abandoned(self, conn: Connection) -> None:
+        with self._lock:
+            abandoned, self._abandoned = self._abandoned, []
+        if not abandoned:
+            return
+        try:
+            ended = end_sessions(conn, abandoned)
+        except psycopg2.Error as error:  # not ours to end after all: their server will
+            conn.rollback()
+            log.warning("could not end the sessions of connections given up: %s", error)
+            return
+        if ended:
+            log.warning("ended %d session(s) of connections given up, and their locks", ended)
 
     def check(self, wait_s: float) -> None:
         """Wait up to `wait_s` for the database to accept us, then require the schema.
@@ -109,41 +153,38 @@ class Store:
         deadline = time.monotonic() + wait_s
         for delay in backoff.delays(0.5, 5.0):
             try:
-                conn = self._connection()
+                conn, _ = self._connection()
                 break
             except TransientError as error:
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("%s; waiting up to %.0f s", error, deadline - time.monotonic())
                 time.sleep(delay)
-        require_schema(conn)
+        require_schema(conn, from_schema_sql=True)
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
         """A transaction on this thread's connection. Every failure leaves it as the project's
         error for what to do about it (`lmnh.database.classify`); after a transient one the
         connection is dropped, and the next call opens a fresh one."""
-        conn = self._connection()
+        conn, backend = self._connection()
         try:
-            with conn, conn.cursor() as cur:
+            with self._watchdog.watching(conn, backend), conn, conn.cursor() as cur:
                 yield cur
         except Exception as error:
-            # Whatever was raised, a connection that broke meanwhile says why: psycopg2 may
-            # report a server shutting down mid-COPY as a SystemError of its own.
-            classified = (
-                TransientError(f"database connection lost ({error})")
-                if conn.closed
-                else classify(error)
-            )
+            classified = classified_error(conn, error)
             if isinstance(classified, TransientError):
                 self._drop_connection()
             raise classified from error
 
     def _drop_connection(self) -> None:
         with self._lock:
-            conn = self._connections.pop(threading.get_ident(), None)
-        if conn is not None:
-            conn.close()
+            held = self._connections.pop(threading.get_ident(), None)
+            if held is not None:
+                self._abandoned.append(held[1])
+                self._retired.discard(id(held[0]))
+        if held is not None:
+            held[0].close()
 
     def cancel(self) -> None:
         """Ask the server to cancel whatever this store's connections are running (a COPY
@@ -153,7 +194,7 @@ class Store:
         which psycopg2 sends holding the interpreter lock: a server that does not answer
         would then freeze every thread. This one may wait up to the connect timeout."""
         with self._lock:
-            backends = [c.info.backend_pid for c in self._connections.values() if not c.closed]
+            backends = [b.pid for c, b in self._connections.values() if not c.closed]
         conn = connect(self._db, application_name="lmnh-pipeline-cancel")
         try:
             with conn, conn.cursor() as cur:
@@ -167,7 +208,9 @@ class Store:
         """Close every connection; bounded, because one still busy in a thread that was given
         up on (a statement the server never answers) cannot close until that ends."""
         with self._lock:
-            connections, self._connections = list(self._connections.values()), {}
+            connections = [conn for conn, _ in self._connections.values()]
+            self._connections = {}
+        self._watchdog.close()
 
         def close_all() -> None:
             for conn in connections:
@@ -220,13 +263,19 @@ class Store:
         return result
 
     def write_batch(
-        self, batch: CopyBatch, topic_id: str, high_watermarks: Mapping[int, int]
+        self,
+        batch: CopyBatch,
+        topic_id: str,
+        high_watermarks: Mapping[int, int],
+        stored_through: Mapping[tuple[str, int], int] = MappingProxyType({}),
     ) -> WriteResult:
         """Store a batch in one transaction, advance its partitions' offsets (noting their
         `high_watermarks` as last seen), and count its messages in `load_minute`.
 
         A batch that PostgreSQL refuses for its data raises `PermanentError` and stores
-        nothing (the pipeline then halves it to find the refused message).
+        nothing (the pipeline then halves it to find the refused message). A database whose
+        offsets are below `stored_through` (what this run has stored, by partition) lost what
+        it had acknowledged: `DatabaseBehind`, and nothing is stored past the hole.
         """
         topics = [topic for topic, _ in batch.highest]
         partitions = [partition for _, partition in batch.highest]
@@ -250,6 +299,17 @@ class Store:
             for topic, partition, offset, stored_id in cur.fetchall():
                 _require_same_topic(topic, topic_id, stored_id)
                 next_offset[(topic, partition)] = offset
+            held = {**_offsets_elsewhere(cur, stored_through, next_offset), **next_offset}
+            lost = {k: o for k, o in held.items() if o < stored_through.get(k, 0)}
+            if lost:
+                where = "; ".join(
+                    f"{t}[{p}] at {o}, this run stored through {stored_through[(t, p)]}"
+                    for (t, p), o in lost.items()
+                )
+                raise DatabaseBehind(
+                    f"the database holds less than this run stored ({where}): it lost its"
+                    " latest transactions (a failover to a standby that had not received them?)"
+                )
 
             rows = batch
             if any(batch.lowest[key] < next_offset[key] for key in batch.lowest):
@@ -392,6 +452,36 @@ def _describe(outcome: Outcome) -> str:
         return str(outcome)
     kind = "rating" if isinstance(outcome, RatingEvent) else "request"
     return f"{kind} {outcome}"
+
+
+def classified_error(conn: Connection, error: Exception) -> PipelineError:
+    """What to do about `error`. Whatever was raised, a connection that broke meanwhile (or
+    was severed) says why: psycopg2 may report a server shutting down mid-COPY as a
+    SystemError of its own."""
+    if conn.closed:
+        return TransientError(f"database connection lost ({error})")
+    return classify(error)
+
+
+def _offsets_elsewhere(
+    cur: Cursor,
+    stored_through: Mapping[tuple[str, int], int],
+    locked: Mapping[tuple[str, int], int],
+) -> dict[tuple[str, int], int]:
+    """The database's offsets of the partitions this run stored outside the batch (`locked`),
+    0 for a row it no longer has: a partition that lost commits must not wait for its own next
+    message to be loaded again (a quiet kiosk's may not come for hours). Read without a lock:
+    another member may own them now, and only ever moves them forward."""
+    others = [key for key in stored_through if key not in locked]
+    if not others:
+        return {}
+    cur.execute(
+        "SELECT v.kafka_topic, v.kafka_partition, coalesce(o.next_offset, 0)"
+        " FROM unnest(%s::text[], %s::int[]) AS v (kafka_topic, kafka_partition)"
+        " LEFT JOIN kafka_offset AS o USING (kafka_topic, kafka_partition)",
+        ([topic for topic, _ in others], [partition for _, partition in others]),
+    )
+    return {(topic, partition): offset for topic, partition, offset in cur.fetchall()}
 
 
 def _require_same_topic(topic: str, topic_id: str, stored_id: str | None) -> None:

@@ -1,6 +1,6 @@
 """`python -m stack up|down|status [kafka|postgres]`: the local Kafka broker and PostgreSQL;
-`python -m stack schema [--reset]`: apply the pipeline's schema.sql, the dashboard's views.sql
-and roles.sql to the configured database, in one transaction.
+`python -m stack schema [--reset]`: the production `lmnh-schema apply` (lmnh.schema) on the
+configured database, or first drop every table of the schema with its rows.
 
 Exit codes: 0 success; 3 from `status` when a service is not running; on failure one line
 on stderr that names the fix and the code every program uses (lmnh.cli.exit_code_for: 2
@@ -15,11 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dashboard import VIEWS_FILE
 from lmnh.cli import run
 from lmnh.config import Settings, load_config, read_environment
-from lmnh.database import apply_schema, connect, reset_schema, table_row_counts
+from lmnh.database import connect, reset_schema, table_row_counts
 from lmnh.errors import ExitCode
+from lmnh.schema import apply as schema_apply
 from stack import kafka_broker, postgres_server
 
 NOT_RUNNING = 3
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("status", parents=[common], help="exit 0 if running, 3 if not")
     schema = commands.add_parser(
         "schema",
-        help="apply schema.sql, views.sql and roles.sql (idempotent, keeps data)",
+        help="apply the schema's migrations, as lmnh-schema apply does (keeps data)",
     )
     schema.add_argument("--env-file", type=Path, help="read settings from this file")
     schema.add_argument(
@@ -66,13 +66,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _schema(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.reset:
+        return schema_apply(settings.database)
     conn = connect(settings.database, application_name="lmnh-schema")
     try:
         where = f"{settings.database.name} on {settings.database.host}:{settings.database.port}"
-        if not args.reset:
-            apply_schema(conn, [VIEWS_FILE])
-            print(f"schema: applied to {where} (nothing dropped)")
-            return ExitCode.OK
         print(f"schema --reset deletes these tables of {where} with all their rows:")
         for table, rows in table_row_counts(conn).items():
             print(f"  {table}: {rows} rows")
@@ -81,7 +79,7 @@ def _schema(args: argparse.Namespace, settings: Settings) -> int:
         ):
             print("schema: nothing dropped (pass --yes to reset without asking)")
             return ExitCode.CONFIG
-        reset_schema(conn, [VIEWS_FILE])
+        reset_schema(conn)
         print(f"schema: dropped and re-applied to {where}")
         return ExitCode.OK
     finally:

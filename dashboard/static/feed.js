@@ -16,6 +16,7 @@
   const STATES = {
     running: { symbol: "●", label: "Running" },
     behind: { symbol: "▲", label: "Behind" },
+    stalled: { symbol: "◆", label: "Stalled" },
     stopped: { symbol: "■", label: "Stopped" },
     never_run: { symbol: "○", label: "Never run" },
   };
@@ -244,27 +245,36 @@
 
     async exhibitions(card, body) {
       const active = body.exhibitions.some((e) => e.rejected + e.stored > 0);
-      if (!active && body.unattributed === 0) return ["empty", `Nothing was stored or rejected in ${WINDOW_LABELS[body.window]}.`];
+      const quiet = body.exhibitions.filter((e) => e.quiet);
+      if (!active && body.unattributed === 0 && !quiet.length) return ["empty", `Nothing was stored or rejected in ${WINDOW_LABELS[body.window]}.`];
       const label = (e) => `${e.public_id} ${e.exhibition_name}`;
       const domain = body.exhibitions.map(label);
       const values = body.rows.map((row) => ({ ...row, series: label(row), at: londonWall(row.bucket) }));
-      const ranked = [...body.exhibitions].sort((a, b) => (b.reject_rate ?? -1) - (a.reject_rate ?? -1) || a.public_id.localeCompare(b.public_id));
+      // Quiet kiosks first, then by reject rate.
+      const ranked = [...body.exhibitions].sort((a, b) => b.quiet - a.quiet || (b.reject_rate ?? -1) - (a.reject_rate ?? -1) || a.public_id.localeCompare(b.public_id));
       const rows = ranked.map((e) => {
         const bar = el("span", "bar", el("span"));
         bar.firstChild.style.width = `${(e.reject_rate ?? 0) * 100}%`;
+        // The mark is a word and a symbol; the row's colour only repeats it.
+        const mark = e.quiet ? el("strong", "quiet-mark", "◆ Quiet") : null;
+        const last = cell("last", mark, el("span", null, e.last_stored_at ? when(e.last_stored_at, body.now) : "never"));
         return el(
           "tr",
-          null,
+          e.quiet ? "quiet" : null,
           cell(null, el("strong", null, e.public_id), ` ${e.exhibition_name}`),
           cell("num", number.format(e.rejected)),
           cell("num", number.format(e.stored)),
           cell("rate", el("span", "avg", el("strong", null, e.reject_rate === null ? "—" : percent.format(e.reject_rate)), bar)),
+          last,
         );
       });
-      const totals = table("rates", [["Exhibition"], ["Rejected", "num"], ["Stored", "num"], ["Reject rate"]], rows);
+      const totals = table("rates", [["Exhibition"], ["Rejected", "num"], ["Stored", "num"], ["Reject rate"], ["Last stored"]], rows);
       const unattributed = el("p", "note", `${number.format(body.unattributed)} rejected messages named no known exhibition.`);
+      const quietNote = quiet.length
+        ? el("p", "quiet-note", `Quiet: ${quiet.map((e) => e.public_id).join(", ")}. No rating or request stored for ${body.quiet_minutes} minutes or more while the museum is open: the kiosk sends nothing, or only what is rejected.`)
+        : null;
       const slot = slots(card, ["over-time", "totals"]);
-      slot.totals.replaceChildren(totals, unattributed);
+      slot.totals.replaceChildren(...[quietNote, totals, unattributed].filter(Boolean));
       const y = { field: "reject_rate", type: "quantitative", title: "Reject rate", scale: { domain: [0, 1] }, axis: { format: ".0%" } };
       const tooltip = [{ field: "rejected", title: "Rejected", format: "," }, { field: "stored", title: "Stored", format: "," }, { field: "reject_rate", title: "Reject rate", format: ".1%" }];
       await draw(slot["over-time"], "exhibitions", `exhibitions/${body.bucket}/${domain.join(",")}`, lines(values, { field: "series", domain, y, bucket: body.bucket, tooltip, columns: 2 }));
@@ -349,6 +359,7 @@
     const last = body.last_batch_at ? ` It last stored a batch at ${when(body.last_batch_at, body.now)}.` : "";
     if (body.state === "stopped") showBanner("stale", `The pipeline is stopped: ${body.state_reason}.${last} Nothing new is stored until it runs again.`);
     else if (body.state === "behind") showBanner("stale", `The pipeline is behind: ${body.state_reason}.${last}`);
+    else if (body.state === "stalled") showBanner("stale", `The pipeline has stalled: ${body.state_reason}. Nothing has been stored since ${when(body.stalled_since, body.now)}. Its /health answer and its log say why.`);
     else if (body.state === "never_run") showBanner("empty", "The pipeline has never stored a batch in this database. Start it (kafka_pipeline.py --follow) and this page fills in.");
     else showBanner(null, "");
   }

@@ -1,7 +1,8 @@
 /* The Safety page's "Now" panel: today's emergencies and the last hour's assistance requests,
  * pushed by the server over one EventSource (/api/now/stream). Made to run for days on a wall
  * screen: lists pruned at every tick, one timer, the server's clock for "2 min ago", and a
- * connection that is reopened when it falls silent. */
+ * connection that is reopened when it falls silent. "Live" is proven, never assumed: only while
+ * the server's listener has lately heard the database (each snapshot's and tick's `heard`). */
 (() => {
   "use strict";
 
@@ -13,9 +14,12 @@
   // Each list keeps at most this many, newest first, as the server's snapshot does: a feed far
   // busier than a museum's (a benchmark's) must not grow the page without bound.
   const MOST_SHOWN = 500;
-  // The server ticks every 15 s: 40 s without any event means the connection is dead, even if
+  // The server ticks every 3 s: 12 s without any event means the connection is dead, even if
   // the browser has not noticed (a proxy or a sleeping laptop can hold a socket open).
-  const SILENCE_MS = 40_000;
+  const SILENCE_MS = 12_000;
+  // Live only while the listener's last proof that it hears the database is this recent: it
+  // proves itself every 2 s, and a tick brings its age every 3 s.
+  const HEARD_MS = 8_000;
   const RETRY_MS = 3_000; // when EventSource gives up by itself (an HTTP error), as the server's retry
   const ACKNOWLEDGED_KEY = "lmnh.now.acknowledged";
   const SOUND_KEY = "lmnh.now.sound";
@@ -37,7 +41,9 @@
   let lastId = null; // the highest request id seen: `after` when the panel reopens the stream
   let lastEventAt = 0; // performance.now() of the last event of any kind
   let closedAt = null; // performance.now() when EventSource gave up by itself
-  let offlineSince = null;
+  let synced = false; // this stream's snapshot was read while the listener heard, and no `stale` since
+  let heardUntil = 0; // performance.now() until which the listener's last proof holds
+  let offlineSince = null; // not live since (the server's clock)
   let offlineReason = "";
   let recentMinutes = 60;
   let truncated = false; // the server or the panel left out older requests
@@ -299,6 +305,7 @@
     source = new EventSource(`/api/now/stream?${query}`);
     lastEventAt = performance.now();
     closedAt = null;
+    synced = false; // until this stream's snapshot says the listener hears
     const current = source;
     const on = (name, handle) =>
       current.addEventListener(name, (event) => {
@@ -310,7 +317,15 @@
       });
     on("snapshot", snapshot);
     on("request", (item) => arrived([item]));
-    on("tick", (body) => setClock(body.now));
+    on("tick", (body) => {
+      setClock(body.now);
+      heard(body.heard);
+      judge();
+    });
+    on("stale", (body) => {
+      synced = false;
+      goStale(body.error);
+    });
     on("offline", (body) => goOffline(body.error));
     current.addEventListener("error", () => {
       if (current !== source) return;
@@ -319,9 +334,30 @@
     });
   }
 
+  /** The listener's proof: `age` seconds old when sent, or null (it cannot hear). */
+  function heard(age) {
+    heardUntil = typeof age === "number" ? performance.now() + HEARD_MS - age * 1000 : 0;
+  }
+
+  const isLive = () => synced && performance.now() < heardUntil;
+
+  /** Live, or not live since the proof lapsed: never on the web server's ticks alone. */
+  function judge() {
+    if (isLive()) sayLive();
+    else goStale(synced ? "no word from the database for a few seconds" : "the live feed cannot hear the database");
+  }
+
+  /** The stream is open but the server cannot prove it hears the database: what is shown may
+   * be missing requests, until a fresh snapshot arrives. */
+  function goStale(reason) {
+    offlineSince ??= serverNow() ?? Date.now();
+    setState("reconnecting", `Reconnecting… not live since ${londonClock.format(offlineSince)}: ${reason}`);
+  }
+
   /** Say since when the panel has heard nothing, and why when the server said (the stream's
    * error that follows keeps the reason). */
   function goOffline(reason) {
+    synced = false;
     offlineSince ??= serverNow() ?? Date.now();
     if (reason) offlineReason = `: ${reason}`;
     setState("offline", `Offline — reconnecting… (since ${londonClock.format(offlineSince)}${offlineReason})`);
@@ -329,9 +365,12 @@
 
   /** The first event of every connection: it replaces the lists (merging by id, so that what
    * stays keeps its element and its focus); the ids it lists as missed arrived while the panel
-   * was away, and are alerted as new. */
+   * was away, and are alerted as new. It makes the panel live only if read while the listener
+   * heard the database. */
   function snapshot(body) {
     setClock(body.now);
+    synced = typeof body.heard === "number";
+    heard(body.heard);
     recentMinutes = body.recent_minutes ?? recentMinutes;
     pruneAcknowledged(body.today);
     const listed = new Set(body.requests.map((item) => item.id));
@@ -341,41 +380,44 @@
     for (const item of body.requests) {
       if (show(item) && missed.has(item.id)) fresh.push(item);
     }
-    offlineSince = null;
-    offlineReason = "";
     truncated = body.truncated;
     prune();
     alertNew(fresh);
+    judge();
   }
 
   function arrived(items) {
     const fresh = items.filter((item) => show(item));
     prune();
     alertNew(fresh);
+    if (isLive()) sayLive(); // the truncation note
   }
 
   function sayLive() {
+    offlineSince = null;
+    offlineReason = "";
     setState("live", truncated ? `Live · the newest ${MOST_SHOWN} of each kind shown` : "Live");
   }
 
   function alertNew(items) {
-    sayLive();
     const emergencies = items.filter((item) => shown.has(item.id) && isOpen(shown.get(item.id)));
     for (const item of emergencies) shown.get(item.id).element.classList.add("now-new");
     summarise(emergencies.length > 0);
     if (emergencies.length) playTone();
   }
 
-  /** The one timer: prune and age the lists, and reopen a stream that went silent or that
+  /** The one timer: prune and age the lists, stop saying live when the proof has lapsed
+   * (events may stop arriving at all), and reopen a stream that went silent or that
    * EventSource gave up on (it does on an HTTP error answer). */
   function everySecond() {
     prune();
     if (!source) return;
+    if (panel.dataset.state === "live" && !isLive()) judge();
     if (closedAt !== null && performance.now() - closedAt > RETRY_MS) {
       closedAt = null;
       reopen();
     } else if (performance.now() - lastEventAt > SILENCE_MS) {
-      goOffline("no word from the server for 40 s");
+      goOffline(`no word from the server for ${SILENCE_MS / 1000} s`);
       connect(lastId);
     }
   }

@@ -69,7 +69,7 @@ def view_columns(conn: Connection, views: Sequence[str] = VIEWS) -> dict[str, li
     missing = [view for view, columns in found.items() if not columns]
     if missing:
         raise FatalError(
-            f"no view {', '.join(missing)}: run `python -m stack schema`", ExitCode.SCHEMA_MISSING
+            f"no view {', '.join(missing)}: run `lmnh-schema apply`", ExitCode.SCHEMA_MISSING
         )
     return found
 

@@ -20,10 +20,17 @@ import pytest
 
 from lmnh.config import Settings
 from tests.deploy import images
-from tests.integration.conftest import fresh_target, services, settings, target
+from tests.integration.conftest import (
+    fresh_target,
+    pytest_sessionfinish,
+    services,
+    settings,
+    target,
+)
 from tests.integration.support import Target
 
-__all__ = ["services", "settings", "target"]  # shared with tests/integration
+# Shared with tests/integration, the end-of-run drops of its databases too.
+__all__ = ["pytest_sessionfinish", "services", "settings", "target"]
 
 
 @pytest.fixture(scope="session")

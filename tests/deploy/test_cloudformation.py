@@ -5,7 +5,8 @@
 - the custom checks pass and fail the security-group rules they should;
 - the template holds the promises docs/deploy.md makes (no SSH, RDS-managed password, ...);
 - the host's boot script in UserData passes shellcheck, its units pass `systemd-analyze
-  verify`, and its lmnh-configure passes ruff and does its job against fake aws/podman/psql/
+  verify`, its Caddyfile is deploy/caddy/Caddyfile and Caddy reads it, and its lmnh-configure
+  passes ruff and does its job against fake aws/podman/psql/
   systemctl commands; the SQL that makes the two logins runs on the local PostgreSQL server.
 
 The checkers live in their own virtualenv, `.venv-deploy-checks/`, which ./run_tests.sh makes
@@ -43,6 +44,7 @@ AWS = ROOT / "deploy" / "aws"
 TEMPLATE = AWS / "lmnh.yaml"
 CHECKS = AWS / "checks"
 TOOLS = ROOT / ".venv-deploy-checks" / "bin"
+CADDYFILE = ROOT / "deploy" / "caddy" / "Caddyfile"
 CUSTOM_CHECKS = {"CKV_LMNH_1", "CKV_LMNH_2", "CKV_LMNH_3", "CKV_LMNH_4"}
 # The skips written in the template's Metadata, each with its reason.
 SKIPPED = {"CKV_AWS_157", "CKV_AWS_161"}
@@ -357,8 +359,10 @@ def test_only_the_host_reaches_postgres_only_the_dashboard_cidr_reaches_the_host
         for key, source in rule.items()
         if key in {"CidrIp", "CidrIpv6", "SourceSecurityGroupId", "SourcePrefixListId"}
     ]
+    # The dashboard only through its TLS proxy: HTTPS, and plain HTTP that redirects.
     assert rules == [
-        ("HostSecurityGroup", "tcp", 8050, 8050, {"Ref": "DashboardCidr"}),
+        ("HostSecurityGroup", "tcp", 443, 443, {"Ref": "DashboardCidr"}),
+        ("HostSecurityGroup", "tcp", 80, 80, {"Ref": "DashboardCidr"}),
         ("DbSecurityGroup", "tcp", 5432, 5432, {"Ref": "HostSecurityGroup"}),
     ]
     host = template["Resources"]["Host"]["Properties"]
@@ -412,6 +416,7 @@ UNITS = (
     "lmnh-configure.timer",
     "lmnh-pipeline.service",
     "lmnh-dashboard.service",
+    "lmnh-proxy.service",
 )
 
 
@@ -422,7 +427,7 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is missing (Debian's systemd package)")
     fake = tmp_path / "bin"
     fake.mkdir()
-    for name in ("podman", "lmnh-configure"):
+    for name in ("podman", "lmnh-configure", "caddy"):
         (fake / name).write_text("#!/bin/sh\n", encoding="utf-8")
         (fake / name).chmod(0o755)
     files = heredocs(as_deployed(user_data()))
@@ -430,6 +435,7 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         body = files[f"/etc/systemd/system/{unit}"]
         body = body.replace("/usr/bin/podman", str(fake / "podman"))
         body = body.replace("/usr/local/sbin/lmnh-configure", str(fake / "lmnh-configure"))
+        body = body.replace("/usr/bin/caddy", str(fake / "caddy"))
         (tmp_path / unit).write_text(body, encoding="utf-8")
     done = run("systemd-analyze", "verify", *UNITS, cwd=tmp_path)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
@@ -543,7 +549,7 @@ def test_lmnh_configure_writes_the_env_files_applies_the_schema_and_logins(tmp_p
         "BOOTSTRAP_SERVERS=broker-1.example:9092,broker-2.example:9092\n"
         "SECURITY_PROTOCOL=SASL_SSL\nSASL_MECHANISM=SCRAM-SHA-512\n"
         "DB_HOST=lmnh-db.abc.eu-west-2.rds.amazonaws.com\nDB_PORT=5432\nDB_NAME=lmnh\n"
-        "DB_SSLMODE=verify-full\nPGSSLROOTCERT=/etc/lmnh/rds-ca.pem\n"
+        "DB_SSLMODE=verify-full\nDB_SSLROOTCERT=/etc/lmnh/rds-ca.pem\n"
     )
     assert host.file("/etc/lmnh/pipeline.env") == (
         "SASL_USERNAME=kiosk-etl\nSASL_PASSWORD=kafka-pw-1\n"
@@ -653,15 +659,50 @@ def test_the_units_read_the_files_lmnh_configure_writes(tmp_path: Path) -> None:
         for unit in UNITS
         for path in re.findall(r"StandardOutput=append:(\S+)", files[f"/etc/systemd/system/{unit}"])
     }
-    assert (
-        shipped
-        == written
-        == {f"/var/log/lmnh/{name}.log" for name in ("pipeline", "dashboard", "configure")}
-    )
+    names = ("pipeline", "dashboard", "configure", "proxy")
+    assert shipped == written == {f"/var/log/lmnh/{name}.log" for name in names}
     pipeline = files["/etc/systemd/system/lmnh-pipeline.service"]
     assert "$LMNH_IMAGE kafka-pipeline --follow --from-beginning --topic $LMNH_TOPIC" in pipeline
     dashboard = files["/etc/systemd/system/lmnh-dashboard.service"]
-    assert "--publish 8050:8050 $LMNH_IMAGE lmnh-dashboard --host 0.0.0.0 --port 8050" in dashboard
+    # Published on the host's loopback only: the screens reach it through lmnh-proxy.
+    published = (
+        "--publish 127.0.0.1:8050:8050 $LMNH_IMAGE lmnh-dashboard --host 0.0.0.0 --port 8050"
+    )
+    assert published in dashboard
+
+
+def test_the_host_runs_the_projects_caddyfile_in_front_of_the_dashboard(tmp_path: Path) -> None:
+    """Debian's or Ubuntu's caddy, the package's own unit out of the way, lmnh-proxy.service
+    running deploy/caddy/Caddyfile (its comments left out, for UserData's size) for
+    DashboardDomain; Caddy itself reads that file, as the host will."""
+    script = as_deployed(user_data())
+    assert re.search(r"^apt-get .* install .* caddy ", script, flags=re.M)
+    assert "systemctl disable --now caddy.service\n" in script
+    files = heredocs(script)
+    lines = CADDYFILE.read_text(encoding="utf-8").splitlines()
+    uncommented = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert files["/etc/lmnh/Caddyfile"] == "\n".join(uncommented) + "\n"
+    proxy = files["/etc/systemd/system/lmnh-proxy.service"]
+    assert "Environment=LMNH_SITE=sub-dashboarddomain LMNH_TLS=sub-dashboardtls\n" in proxy
+    assert "LoadCredential=Caddyfile:/etc/lmnh/Caddyfile\n" in proxy
+    assert "--config ${CREDENTIALS_DIRECTORY}/Caddyfile\n" in proxy
+    assert "Conflicts=caddy.service\n" in proxy
+    assert "lmnh-proxy.service" in script.splitlines()[-1]  # enabled and started
+    outputs = load()["Outputs"]
+    assert outputs["DashboardUrl"]["Value"] == {"Fn::Sub": "https://${DashboardDomain}/safety"}
+    if shutil.which("caddy") is None:
+        pytest.skip("caddy is missing (Debian's package; ./run_tests.sh installs it)")
+    for tls in load()["Parameters"]["DashboardTls"]["AllowedValues"]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),  # Caddy's data folder, for LMNH_TLS=internal's CA
+            "XDG_DATA_HOME": str(tmp_path),
+            "LMNH_SITE": "dashboard.museum.example",
+            "LMNH_TLS": tls,
+        }
+        done = run("caddy", "validate", "--adapter", "caddyfile", "--config", "/dev/stdin",
+                   input=files["/etc/lmnh/Caddyfile"], env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.integration

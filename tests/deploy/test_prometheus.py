@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from lmnh.database import connect
-from lmnh.museum import in_opening_hours
+from lmnh.museum import KIOSK_REFERENCE, in_opening_hours
 from simulator.traffic import report_counts
 from tests.deploy.conftest import free_port, get_json
 from tests.integration.support import (
@@ -71,7 +71,7 @@ def test_every_alert_fires_and_holds_back_in_its_promtool_unit_tests() -> None:
         cases = re.findall(rf"alertname: {alert}\n\s*exp_alerts:(.*)", tests)
         assert "" in cases, f"{alert} has no case where it fires"
         assert " []" in cases, f"{alert} has no case where it does not fire"
-    assert len(alerts) == 6
+    assert len(alerts) == 8
 
 
 def status_of(url: str) -> int:
@@ -231,6 +231,26 @@ def assert_prometheus_sees(
     rejected = prometheus.by("reason", "lmnh_pipeline_messages_rejected_total")
     assert {code: n for code, n in rejected.items() if n} == expected["rejected"]
     assert prometheus.value("lmnh_pipeline_batch_size_messages_sum") == sent
+    # Per exhibition: the facts the simulator sent, the rejects by the exhibition the database
+    # says they named; every known exhibition exported, at 0 when it had none.
+    sites = "lmnh_pipeline_site_messages_total"
+    by_site = database_sites(target)
+    wait_until(
+        lambda: (
+            {(m["exhibition"], m["outcome"]): n for m, n in prometheus.query(sites) if n} == by_site
+        ),
+        10,
+        "Prometheus sees each exhibition's messages",
+    )
+    stored_by_site: dict[str, int] = {}
+    for kind in ("ratings", "requests"):
+        for (public_id, _value), n in expected[kind].items():
+            stored_by_site[public_id] = stored_by_site.get(public_id, 0) + n
+    assert {site: n for (site, outcome), n in by_site.items() if outcome == "stored"} == (
+        stored_by_site
+    )
+    exported = {(m["exhibition"], m["outcome"]) for m, _ in prometheus.query(sites)}
+    assert len(exported) == 2 * (len(KIOSK_REFERENCE.exhibition_start) + 1)  # and unknown
     assert prometheus.value('up{job="lmnh-pipeline"}') == 1
     assert prometheus.value("lmnh_pipeline_consumer_assigned") == 1
     partitions = target.settings.topic_partitions
@@ -240,7 +260,7 @@ def assert_prometheus_sees(
     assert len(prometheus.query("lmnh_pipeline_consumer_lag_messages")) == partitions
     _, rules = get_json(f"{prometheus.url}/api/v1/rules")
     evaluated = [rule for group in rules["data"]["groups"] for rule in group["rules"]]
-    assert len(evaluated) == 10
+    assert len(evaluated) == 14
     assert [rule for rule in evaluated if rule["health"] != "ok"] == []
     # A recording rule's first sample appears one evaluation after its input series does.
     wait_until(
@@ -252,9 +272,29 @@ def assert_prometheus_sees(
         assert museum_open == int(open_before)
 
 
+def database_sites(target: Target) -> dict[tuple[str, str], int]:
+    """(exhibition, outcome) -> messages, as the database holds them: facts by their
+    exhibition, rejects by the one they named ("unknown" for none)."""
+    conn = connect(target.settings.database)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT e.public_id, 'stored', count(*) FROM ("
+                "  SELECT exhibition_id FROM rating_interaction"
+                "  UNION ALL SELECT exhibition_id FROM request_interaction) AS f"
+                " JOIN exhibition AS e USING (exhibition_id) GROUP BY 1"
+                " UNION ALL SELECT coalesce(named_exhibition, 'unknown'), 'rejected', count(*)"
+                " FROM rejected_message GROUP BY 1"
+            )
+            return {(site, outcome): int(n) for site, outcome, n in cur.fetchall()}
+    finally:
+        conn.close()
+
+
 def stall_on_a_locked_table(target: Target, health: str, prometheus: Prometheus) -> None:
     """A batch waits on a locked table past --health-stall-seconds (3 s): /health answers 503
-    saying the pipeline is in its group but not storing, and Prometheus sees it unhealthy.
+    saying the pipeline is in its group but stalled, and since when, and Prometheus sees it
+    unhealthy and how long messages have waited.
     The lock is taken by a test connection; the shared server is never stopped."""
     locker = connect(target.settings.database)
     try:
@@ -265,10 +305,16 @@ def stall_on_a_locked_table(target: Target, health: str, prometheus: Prometheus)
         wait_until(lambda: get_json(health)[0] == 503, 15, "/health says it stalled", 0.2)
         status, body = get_json(health)
         assert (status, body["group"], body["storing"]) == (503, "member", False), body
+        assert body["status"] == "stalled", body
         assert body["batch_waiting_seconds"] >= 3, body
+        assert body["unstored_wait_seconds"] >= 3, body
+        stalled_for = datetime.now(UTC) - datetime.fromisoformat(body["stalled_since"])
+        assert stalled_for.total_seconds() >= 3, body
         assert body["consumer_lag"] == len(STALLED), body
         healthy = "lmnh_pipeline_healthy"
         wait_until(lambda: prometheus.value(healthy) == 0, 10, "Prometheus sees it", 0.2)
+        waited = "lmnh_pipeline_unstored_wait_seconds"
+        wait_until(lambda: (prometheus.value(waited) or 0) >= 3, 10, "Prometheus sees the wait")
     finally:
         locker.rollback()
         locker.close()

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
 from psycopg2 import sql
 
-from dashboard import VIEWS_FILE
 from lmnh.config import DatabaseSettings, Secret, Settings, load_config
 from lmnh.database import create_database, drop_database, execute_outside_transaction
 from stack.topics import delete_topic, ensure_topic
@@ -32,6 +33,7 @@ from tests.integration.support import (
     Services,
     Target,
     clean_env,
+    schema_database,
     select_services,
 )
 
@@ -81,17 +83,56 @@ def local_postgres(services: Services) -> None:
         )
 
 
+class _Drops:
+    """Drops the tests' databases at the end of the run, several at once. Each DROP DATABASE
+    waits for a checkpoint (most of a second, one after another); dropped together they share
+    one, and no test waits for another's."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[DatabaseSettings, str]] = []
+
+    def later(self, server: DatabaseSettings, name: str) -> None:
+        self._pending.append((server, name))
+
+    def finish(self) -> None:
+        pending, self._pending = self._pending, []
+        with ThreadPoolExecutor(_DROPS_AT_ONCE) as pool:
+            for (_, name), error in zip(pending, pool.map(_drop, pending), strict=True):
+                if error is not None:  # said, never a failed run: the data was a test's
+                    warnings.warn(f"could not drop test database {name}: {error}", stacklevel=1)
+
+
+_DROPS_AT_ONCE = 8
+_DROPS = _Drops()
+
+
+def _drop(item: tuple[DatabaseSettings, str]) -> Exception | None:
+    try:
+        drop_database(*item)
+    except Exception as error:
+        return error
+    return None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _DROPS.finish()
+
+
 def fresh_target(settings: Settings, *, schema: bool = True) -> Iterator[Target]:
     """A topic and a database of their own (with the schema and the dashboard's views, unless
-    `schema` is False), removed afterwards."""
+    `schema` is False); the topic is deleted after the test, the database at the end."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-    database = create_database(settings.database, name, schema=schema, extensions=[VIEWS_FILE])
+    database = (
+        schema_database(settings.database, name)
+        if schema
+        else create_database(settings.database, name, schema=False)
+    )
     ensure_topic(settings.kafka, name, settings.topic_partitions)
     try:
         yield Target(replace(settings, database=database), name, {**clean_env(), "DB_NAME": name})
     finally:
         delete_topic(settings.kafka, name)
-        drop_database(settings.database, name)
+        _DROPS.later(settings.database, name)
 
 
 @pytest.fixture

@@ -9,20 +9,21 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import time as wall_time
+from typing import Any
 
 import pytest
 from psycopg2 import sql
+from psycopg2.extensions import cursor as Cursor
 
-from dashboard import VIEWS_FILE
 from lmnh.config import DatabaseSettings, Settings
-from lmnh.database import connect, create_database, drop_database
+from lmnh.database import connect, drop_database
 from lmnh.museum import LONDON
-from tests.integration.support import PYTHON, ROOT, clean_env
+from tests.integration.support import PYTHON, ROOT, clean_env, schema_database
 
 # The exhibitions of the seed data, by public id.
 NAMES = {
@@ -64,7 +65,7 @@ REQUESTS = [  # value 0 assistance, 1 emergency
 @pytest.fixture
 def dashboard_db(settings: Settings) -> Iterator[DatabaseSettings]:
     name = f"test_dash_{uuid.uuid4().hex[:12]}"
-    database = create_database(settings.database, name, extensions=[VIEWS_FILE])
+    database = schema_database(settings.database, name)
     try:
         yield database
     finally:
@@ -101,7 +102,9 @@ def store(
         conn.close()
 
 
-def query(database: DatabaseSettings, statement: str, params: tuple[object, ...] = ()) -> list:
+def query(
+    database: DatabaseSettings, statement: str, params: tuple[object, ...] = ()
+) -> list[tuple[Any, ...]]:
     conn = connect(database)
     try:
         with conn, conn.cursor() as cur:
@@ -135,10 +138,13 @@ class Dashboard:
 
 @contextmanager
 def dashboard_process(
-    database: DatabaseSettings, *options: str, port: int | None = None
+    database: DatabaseSettings,
+    *options: str,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Dashboard]:
-    """`python -m dashboard` on `database` and `port` (default: a free one), with these options,
-    until the block ends."""
+    """`python -m dashboard` on `database` and `port` (default: a free one), with these options
+    and `env` on top of the tests' environment, until the block ends."""
     if port is None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -146,7 +152,7 @@ def dashboard_process(
     process = subprocess.Popen(
         [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null", *options],
         cwd=ROOT,
-        env={**clean_env(), "DB_NAME": database.name},
+        env={**clean_env(), "DB_NAME": database.name, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -171,3 +177,41 @@ def dashboard_process(
         process.wait(timeout=10)
         if process.stdout:
             process.stdout.close()
+
+
+_DETAIL = "public_id, exhibition_name, floor_name, department_name"
+# The rollup views (and the rollup that the time-of-day charts sum by ids), counted straight
+# from the facts.
+FROM_FACTS = {
+    "rating_hourly": (
+        f"SELECT london_date, hour_of_day, {_DETAIL}, rating_value, rating_description,"
+        " count(*) AS interactions FROM rating_detail GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+    ),
+    "rating_daily": (
+        f"SELECT london_date, {_DETAIL}, rating_value, rating_description,"
+        " count(*) AS interactions FROM rating_detail GROUP BY 1, 2, 3, 4, 5, 6, 7"
+    ),
+    "request_quarter_hourly": (
+        "SELECT london_date, hour_of_day,"
+        " make_time(london_quarter_hour(event_at) / 4, (london_quarter_hour(event_at) % 4) * 15,"
+        f" 0) AS quarter_hour_start, {_DETAIL}, request_value, request_description,"
+        " count(*) AS interactions FROM request_detail GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
+    ),
+    "request_rollup": (
+        "SELECT london_date(event_at) AS london_date,"
+        " london_quarter_hour(event_at) AS quarter_hour, exhibition_id, request_id,"
+        " count(*) AS interactions FROM request_interaction GROUP BY 1, 2, 3, 4"
+    ),
+    "request_daily": (
+        f"SELECT london_date, {_DETAIL}, request_value, request_description,"
+        " count(*) AS interactions FROM request_detail GROUP BY 1, 2, 3, 4, 5, 6, 7"
+    ),
+}
+
+
+def count_the_facts(cur: Cursor) -> None:
+    """Make the charts of this cursor's session count the facts: temporary views named as the
+    rollups they read, gone with the session."""
+    for name, counted in FROM_FACTS.items():
+        view = sql.SQL("CREATE TEMPORARY VIEW {} AS ").format(sql.Identifier(name))
+        cur.execute(view + sql.SQL(counted))

@@ -5,6 +5,7 @@ OpenAPI document. And the pipeline is seen connected by a plain lmnh_reader logi
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator, Sequence
@@ -21,11 +22,11 @@ from schemathesis.checks import not_a_server_error
 
 from dashboard import feed_queries
 from dashboard.app import create_app
-from dashboard.feed import WINDOWS
+from dashboard.feed import WINDOWS, exhibitions_body
 from dashboard.feed_queries import pipeline_sessions
 from lmnh.config import DatabaseSettings, load_config
 from lmnh.database import connect
-from lmnh.museum import LONDON
+from lmnh.museum import LONDON, OPENS, in_opening_hours
 from tests.integration.conftest import MakeLogin
 from tests.integration.dashboard_support import NAMES, dashboard_db, query, store
 from tests.integration.support import Target
@@ -292,6 +293,73 @@ def test_the_reject_rate_per_exhibition_is_rejected_over_rejected_and_stored(
     assert (body["unattributed"], len(body["rows"])) == (0, 60 * 6)
 
 
+def test_each_exhibitions_last_stored_interaction_tells_a_quiet_kiosk(
+    dashboard_db: DatabaseSettings,
+) -> None:
+    """The query over real rows, at fixed instants, judged at a fixed moment while the museum
+    is open (tests run at any hour): 14:35 on Friday 20 Nov 2026, London on GMT."""
+    store(
+        dashboard_db,
+        ratings=[
+            ("EXH_01", 3, "2026-11-20T14:20:00Z"),
+            ("EXH_01", 2, "2026-11-20T09:00:00Z"),
+            ("EXH_02", 4, "2026-11-20T12:10:00Z"),  # quiet since: only rejects after it
+            ("EXH_03", 1, "2026-11-12T10:00:00Z"),  # over a week ago: not judged
+        ],
+        requests=[
+            ("EXH_02", 0, "2026-11-20T11:00:00Z"),
+            ("EXH_04", 1, "2026-11-20T13:04:59Z"),  # 90 minutes and a second ago: quiet
+            ("EXH_05", 0, "2026-11-20T13:05:01Z"),  # a second under 90 minutes: not yet
+        ],
+    )
+    reject(dashboard_db, [(datetime.fromisoformat("2026-11-20T14:30Z"), "invalid_val", "EXH_02")])
+    conn = connect(dashboard_db)
+    try:
+        with conn, conn.cursor() as cur:
+            known = feed_queries.exhibitions(cur)
+    finally:
+        conn.close()
+    last = {e.public_id: e.last_stored_at and e.last_stored_at.astimezone(UTC) for e in known}
+    assert last == {
+        "EXH_00": None,
+        "EXH_01": datetime(2026, 11, 20, 14, 20, tzinfo=UTC),
+        "EXH_02": datetime(2026, 11, 20, 12, 10, tzinfo=UTC),
+        "EXH_03": datetime(2026, 11, 12, 10, tzinfo=UTC),
+        "EXH_04": datetime(2026, 11, 20, 13, 4, 59, tzinfo=UTC),
+        "EXH_05": datetime(2026, 11, 20, 13, 5, 1, tzinfo=UTC),
+    }
+    assert [e.name for e in known] == [NAMES[public_id] for public_id in sorted(NAMES)]
+    open_now = datetime(2026, 11, 20, 14, 35, tzinfo=UTC)
+    body = exhibitions_body(WINDOWS["1h"], open_now, known, [], [])
+    assert [e["public_id"] for e in body["exhibitions"] if e["quiet"]] == ["EXH_02", "EXH_04"]
+    closed_now = datetime(2026, 11, 20, 18, 50, tzinfo=UTC)
+    body = exhibitions_body(WINDOWS["1h"], closed_now, known, [], [])
+    assert not any(e["quiet"] for e in body["exhibitions"])
+
+
+def test_the_api_says_when_each_exhibition_last_stored_and_whether_it_is_quiet(
+    app: FastAPI, dashboard_db: DatabaseSettings
+) -> None:
+    now = database_now(dashboard_db)
+    store(
+        dashboard_db,
+        ratings=[("EXH_01", 3, (now - timedelta(hours=3)).isoformat())],
+        requests=[("EXH_01", 0, (now - timedelta(minutes=100)).isoformat())],
+    )
+    status, body = call(app, "/api/feed/exhibitions", window="1h")
+    assert status == 200, body
+    answered = datetime.fromisoformat(body["now"])
+    exhibitions = {e["public_id"]: e for e in body["exhibitions"]}
+    assert exhibitions["EXH_01"]["last_stored_at"] == (now - timedelta(minutes=100)).isoformat()
+    assert exhibitions["EXH_02"]["last_stored_at"] is None
+    # Quiet as the rule says at the answer's moment: open for 90 minutes or not, whenever run.
+    opened_for = answered - datetime.combine(answered.astimezone(LONDON).date(), OPENS, LONDON)
+    quiet = in_opening_hours(answered) and opened_for >= timedelta(minutes=90)
+    assert exhibitions["EXH_01"]["quiet"] is quiet
+    assert exhibitions["EXH_02"]["quiet"] is False
+    assert (body["museum_open"], body["quiet_minutes"]) == (in_opening_hours(answered), 90)
+
+
 # The latest rejected messages --------------------------------------------------------------------
 
 
@@ -484,6 +552,44 @@ def test_the_pipelines_load_lag_and_state(app: FastAPI, dashboard_db: DatabaseSe
         offsets(dashboard_db, [(0, 0, 6_000, now), (1, 0, 4_000, now)])
         status, body = call(app, "/api/feed/pipeline")
         assert (body["state"], body["lag"]) == ("running", 10_000)
+
+
+def test_a_connected_pipeline_that_stores_nothing_while_messages_wait_is_stalled(
+    app: FastAPI, dashboard_db: DatabaseSettings
+) -> None:
+    """Its sessions are listed (a connection gone silent stays listed until the server notices)
+    but nothing was stored for over a minute though messages waited: stalled, since the last
+    batch. A batch stored ends it."""
+    now = database_now(dashboard_db)
+    last_batch = now - timedelta(seconds=75)
+    offsets(dashboard_db, [(0, 1000, 1000, last_batch), (1, 500, 507, now - timedelta(minutes=4))])
+    with sessions(dashboard_db, "lmnh-pipeline", "lmnh-pipeline"):
+        status, body = call(app, "/api/feed/pipeline")
+        assert status == 200, body
+        assert (body["state"], body["sessions"], body["lag"]) == ("stalled", 2, 7)
+        assert body["stalled_since"] == body["last_batch_at"] == last_batch.isoformat()
+        # 75 s or a little more by the time the app asks: said in whole seconds or minutes.
+        assert re.fullmatch(
+            r"connected, but no batch stored for (7[5-9] s|2 min) although 7 messages waited"
+            r" at the last batches",
+            body["state_reason"],
+        ), body["state_reason"]
+
+        # A batch stored just now, of another partition: that one is behind, not stalled.
+        offsets(dashboard_db, [(0, 1000, 1000, now), (1, 500, 507, now - timedelta(minutes=4))])
+        status, body = call(app, "/api/feed/pipeline")
+        assert (body["state"], body["stalled_since"]) == ("behind", None)
+
+        # Caught up, long ago: idle, as far as the database can tell.
+        old = now - timedelta(hours=1)
+        offsets(dashboard_db, [(0, 1000, 1000, old), (1, 507, 507, old)])
+        status, body = call(app, "/api/feed/pipeline")
+        assert (body["state"], body["stalled_since"]) == ("running", None)
+
+    # The same rows with no session: stopped, not stalled.
+    offsets(dashboard_db, [(0, 1000, 1000, last_batch), (1, 500, 507, last_batch)])
+    status, body = call(app, "/api/feed/pipeline")
+    assert (body["state"], body["stalled_since"]) == ("stopped", None)
 
 
 def test_a_reader_login_sees_the_pipeline_connected(

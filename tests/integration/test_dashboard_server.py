@@ -1,5 +1,6 @@
 """`python -m dashboard` as a process: it starts without a database and says why the data is
-missing, names bad filters, unknown charts and paths, and refuses a port that is taken."""
+missing (on its terminal with the database's coordinates, in its answers without them), names
+bad filters, unknown charts and paths, and refuses a port that is taken."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from dashboard.pool import NOT_ANSWERING, REFUSED
+from lmnh.config import Settings
 from tests.integration.support import PYTHON, ROOT, clean_env
 
 pytestmark = pytest.mark.integration
@@ -25,14 +28,24 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+CLOSED = free_port()  # nothing listens there: the database is "down"
+DATABASE = {
+    "DB_HOST": "127.0.0.1",
+    "DB_PORT": str(CLOSED),
+    "DB_NAME": "museum_feedback",
+    "DB_USERNAME": "wallboard",
+    "DB_PASSWORD": "x",
+    "DB_SSLMODE": "disable",
+}
+
+
 @pytest.fixture
 def server_without_database() -> Iterator[str]:
     port = free_port()
-    closed = free_port()  # nothing listens there: the database is "down"
     process = subprocess.Popen(
         [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null"],
         cwd=ROOT,
-        env={**clean_env(), "DB_HOST": "127.0.0.1", "DB_PORT": str(closed), "DB_PASSWORD": "x"},
+        env={**clean_env(), **DATABASE},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -64,11 +77,11 @@ def get(url: str) -> tuple[int, dict[str, Any]]:
 
 
 def test_pages_load_and_the_api_explains_a_missing_database(server_without_database: str) -> None:
-    status, body = get(f"{server_without_database}/api/meta")
-    assert status == 503
-    assert "database unreachable" in body["error"]
-    status, body = get(f"{server_without_database}/api/charts/popularity")
-    assert status == 503
+    for path in ("/api/meta", "/api/charts/popularity", "/api/now", "/healthz", "/api/feed/latest"):
+        status, body = get(f"{server_without_database}{path}")
+        assert (status, body["error"]) == (503, NOT_ANSWERING), path
+        for coordinate in ("127.0.0.1", str(CLOSED), "museum_feedback", "wallboard"):
+            assert coordinate not in json.dumps(body), (path, body)
 
 
 def test_bad_requests_are_named(server_without_database: str) -> None:
@@ -98,3 +111,41 @@ def test_a_taken_port_is_refused_with_a_hint() -> None:
         )
     assert result.returncode == 2
     assert "is the dashboard already running?" in result.stderr
+
+
+def test_a_refused_login_is_a_503_that_names_nothing(settings: Settings) -> None:
+    port = free_port()
+    database = settings.database
+    process = subprocess.Popen(
+        [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null"],
+        cwd=ROOT,
+        env={
+            **clean_env(),
+            "DB_HOST": database.host,
+            "DB_PORT": str(database.port),
+            "DB_USERNAME": database.username,
+            "DB_PASSWORD": "not-the-password",
+            "DB_SSLMODE": "disable",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, body = get(f"http://127.0.0.1:{port}/api/meta")
+                break
+            except OSError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "the dashboard did not start"
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    assert (status, body["error"]) == (503, REFUSED)
+    text = json.dumps(body)
+    for coordinate in (database.host, str(database.port), f"{database.username}@"):
+        assert coordinate not in text, body
+    assert f"{database.username}@" in output  # the log says which login was refused

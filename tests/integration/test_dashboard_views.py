@@ -45,6 +45,14 @@ CONTRACT = {
     "data_freshness": [
         "latest_rating_at", "latest_request_at", "latest_interaction_at", "last_loaded_at",
     ],
+    "rating_daily": [
+        "london_date", "public_id", "exhibition_name", "floor_name", "department_name",
+        "rating_value", "rating_description", "interactions",
+    ],
+    "request_daily": [
+        "london_date", "public_id", "exhibition_name", "floor_name", "department_name",
+        "request_value", "request_description", "interactions",
+    ],
 }  # fmt: skip
 
 # What the rollups must hold: the detail views regrouped.
@@ -66,6 +74,20 @@ REQUESTS_FROM_ROLLUP = (
     "SELECT london_date, quarter_hour_start, public_id, request_value, interactions"
     " FROM request_quarter_hourly ORDER BY 1, 2, 3, 4"
 )
+DAILY_RATINGS_FROM_FACTS = (
+    "SELECT london_date, public_id, rating_value, count(*) FROM rating_detail"
+    " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
+DAILY_RATINGS_FROM_ROLLUP = (
+    "SELECT london_date, public_id, rating_value, interactions FROM rating_daily ORDER BY 1, 2, 3"
+)
+DAILY_REQUESTS_FROM_FACTS = (
+    "SELECT london_date, public_id, request_value, count(*) FROM request_detail"
+    " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
+DAILY_REQUESTS_FROM_ROLLUP = (
+    "SELECT london_date, public_id, request_value, interactions FROM request_daily ORDER BY 1, 2, 3"
+)
 SOME_RATINGS = [
     ("EXH_00", 3, "2026-03-29T00:59:59Z"),  # 00:59 GMT, a minute before the clocks go forward
     ("EXH_00", 3, "2026-03-29T01:00:00Z"),  # 02:00 BST
@@ -82,13 +104,23 @@ SOME_REQUESTS = [
 ]
 
 
-def rollups(database: DatabaseSettings) -> tuple[list[object], list[object]]:
-    return query(database, RATINGS_FROM_ROLLUP), query(database, REQUESTS_FROM_ROLLUP)
+def rollups(database: DatabaseSettings) -> list[list[object]]:
+    return [
+        query(database, counted)
+        for counted in (
+            RATINGS_FROM_ROLLUP,
+            REQUESTS_FROM_ROLLUP,
+            DAILY_RATINGS_FROM_ROLLUP,
+            DAILY_REQUESTS_FROM_ROLLUP,
+        )
+    ]
 
 
 def assert_rollups_add_up(database: DatabaseSettings) -> None:
     assert query(database, RATINGS_FROM_ROLLUP) == query(database, RATINGS_FROM_FACTS)
     assert query(database, REQUESTS_FROM_ROLLUP) == query(database, REQUESTS_FROM_FACTS)
+    assert query(database, DAILY_RATINGS_FROM_ROLLUP) == query(database, DAILY_RATINGS_FROM_FACTS)
+    assert query(database, DAILY_REQUESTS_FROM_ROLLUP) == query(database, DAILY_REQUESTS_FROM_FACTS)
 
 
 def test_the_contract_views_have_their_documented_columns(dashboard_db: DatabaseSettings) -> None:
@@ -203,6 +235,12 @@ def test_applying_again_keeps_the_rollups_and_a_stale_one_is_rebuilt(
         with conn, conn.cursor() as cur:
             cur.execute("DELETE FROM rating_rollup WHERE hour_of_day = 9")
             cur.execute("UPDATE request_rollup SET interactions = interactions + 5")
+            # A daily rollup that no longer regroups its hourly one, with the same total.
+            cur.execute(
+                "UPDATE rating_daily_rollup SET london_date = london_date - 400"
+                " WHERE london_date = (SELECT min(london_date) FROM rating_daily_rollup)"
+            )
+            cur.execute("DELETE FROM request_daily_rollup")
         apply_schema(conn, [VIEWS_FILE])
         assert rollups(dashboard_db) == before
         assert query(dashboard_db, "SELECT count(*) FROM rating_interaction") == [(6,)]

@@ -131,7 +131,7 @@ def test_the_feed_renders_and_shows_hostile_messages_as_text(
     feed_server: str, dashboard_db: DatabaseSettings, browser: sync_api.Browser, screenshots: Path
 ) -> None:
     # The last batches were just stored: however long the set-up took, the pipeline is running
-    # (messages waiting at a batch over a minute old would make it behind).
+    # (messages waiting at a batch over a minute old would make it stalled).
     query(dashboard_db, "UPDATE kafka_offset SET updated_at = now()")
     page = browser.new_page()
     problems = Problems(page)

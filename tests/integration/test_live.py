@@ -1,7 +1,8 @@
 """The Safety page's live "Now" against the real database and a running `python -m dashboard`:
 the trigger announces committed requests only, a stream pushes what its filters and window
 take, a reconnecting browser gets what it missed from the database, one listener serves every
-browser, and Ctrl-C ends the server with streams open."""
+browser, a listener whose connection falls silent says so within seconds and follows, the
+streams are capped, and Ctrl-C ends the server with streams open."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tests.integration.dashboard_support import (
     query,
     store,
 )
+from tests.integration.silent import require_nft, silenced
 
 pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
@@ -34,6 +36,9 @@ __all__ = ["dashboard_db"]
 CLOCK = "2026-11-25T11:00:00+00:00"
 TODAY_EARLIER = "2026-11-25T09:30:00Z"
 YESTERDAY = "2026-11-24T15:00:00Z"
+# The listener proves itself every 2 s and is judged dead after 5 s unheard: a stream says it
+# is not live well within this (measured: about 5 s), and hears again within twice it.
+NOT_LIVE_WITHIN_S = 10.0
 
 
 @pytest.fixture
@@ -57,8 +62,10 @@ class Stream:
             self.connection.close()
             raise
 
-    def next(self, timeout: float = 10.0) -> tuple[str, dict[str, Any], str | None]:
-        """The next event other than a tick: (name, data, id)."""
+    def next(
+        self, timeout: float = 10.0, ticks: bool = False
+    ) -> tuple[str, dict[str, Any], str | None]:
+        """The next event, ticks skipped unless asked for: (name, data, id)."""
         deadline = time.monotonic() + timeout
         fields: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -70,7 +77,7 @@ class Stream:
                 name, _, value = line.partition(": ")
                 fields[name] = value
             elif "event" in fields:
-                if fields["event"] != "tick":
+                if ticks or fields["event"] != "tick":
                     return fields["event"], json.loads(fields["data"]), fields.get("id")
                 fields = {}
             else:
@@ -91,13 +98,40 @@ def stream(server: Dashboard, query: str = "", last_id: int | None = None) -> It
 
 
 def get(server: Dashboard, path: str) -> tuple[int, dict[str, Any]]:
+    status, body, _ = get_with_headers(server, path)
+    return status, body
+
+
+def get_with_headers(
+    server: Dashboard, path: str
+) -> tuple[int, dict[str, Any], http.client.HTTPMessage]:
     connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
-        return response.status, json.loads(response.read())
+        return response.status, json.loads(response.read()), response.msg
     finally:
         connection.close()
+
+
+def open_when_free(server: Dashboard, within_s: float) -> Stream:
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return Stream(server)
+        except AssertionError:  # refused: not yet given back
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def names_no_database(text: str, database: DatabaseSettings) -> bool:
+    """Whether an answer keeps the database's coordinates to itself."""
+    said = text.lower()
+    return not any(
+        secret.lower() in said
+        for secret in (database.name, database.username, str(database.port), "127.0.0.1")
+    )
 
 
 def ids(items: list[dict[str, Any]]) -> list[int]:
@@ -251,6 +285,60 @@ def test_one_listener_serves_every_browser(
     finally:
         for live in streams:
             live.close()
+
+
+def test_a_silent_listener_is_said_within_seconds_and_followed(
+    dashboard_db: DatabaseSettings, server: Dashboard
+) -> None:
+    """Every packet of the server's connections to PostgreSQL dropped, nothing closed: the
+    stream says `stale` within seconds instead of ticking on, the listener connects again (new
+    connections pass), and a fresh snapshot brings the emergency stored meanwhile."""
+    require_nft()
+    store(dashboard_db, requests=[("EXH_01", 1, TODAY_EARLIER)])
+    with stream(server) as live:
+        name, body, last_id = live.next()
+        assert (name, type(body["heard"])) == ("snapshot", float)
+        name, tick, _ = live.next(ticks=True)  # the proof's age rides on every tick
+        assert name == "tick" and 0 <= tick["heard"] < 5
+        with silenced(server.process.pid, [dashboard_db.port]):
+            started = time.monotonic()
+            store(dashboard_db, requests=[("EXH_04", 1, "2026-11-25T10:59:00Z")])
+            name, stale, _ = live.next(timeout=30)
+            not_live_s = time.monotonic() - started
+            assert name == "stale", (name, stale)
+            assert "cannot hear the database" in stale["error"]
+            assert names_no_database(json.dumps(stale), dashboard_db)
+            name, body, _ = live.next(timeout=30)
+            live_again_s = time.monotonic() - started
+        assert (name, type(body["heard"])) == ("snapshot", float)
+        [missed] = [item for item in body["requests"] if item["id"] in body["missed"]]
+        assert (missed["public_id"], int(last_id or 0) < missed["id"]) == ("EXH_04", True)
+        store(dashboard_db, requests=[("EXH_05", 1, "2026-11-25T10:59:30Z")])
+        name, item, _ = live.next()
+        assert (name, item["public_id"]) == ("request", "EXH_05")  # it hears again
+    print(f"not live after {not_live_s:.1f} s; live again after {live_again_s:.1f} s")
+    assert not_live_s < NOT_LIVE_WITHIN_S
+    assert live_again_s < 3 * NOT_LIVE_WITHIN_S
+
+
+def test_streams_beyond_the_most_are_refused(dashboard_db: DatabaseSettings) -> None:
+    with dashboard_process(dashboard_db, "--clock-start", CLOCK, "--max-streams", "3") as server:
+        streams: list[Stream] = []
+        try:
+            streams.extend(Stream(server) for _ in range(3))
+            for live in streams:
+                assert live.next()[0] == "snapshot"
+            status, body, headers = get_with_headers(server, "/api/now/stream")
+            assert status == 503
+            assert "too many live streams on this server (at most 3)" in body["error"]
+            assert int(headers["Retry-After"]) > 0
+            assert names_no_database(json.dumps(body), dashboard_db)
+            streams.pop().close()  # its slot is given back once the server sees it gone
+            streams.append(open_when_free(server, within_s=10))
+            assert streams[-1].next()[0] == "snapshot"
+        finally:
+            for live in streams:
+                live.close()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

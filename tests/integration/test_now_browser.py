@@ -2,11 +2,13 @@
 against a running `python -m dashboard` whose clock starts inside opening hours: requests stored
 in PostgreSQL after the page loaded appear without a reload, an emergency is alerted in text, in
 the title and, once switched on, with a tone; the panel follows the page's filters, says when it
-is offline and recovers; and the freshness banner knows the museum's opening hours."""
+is offline or cannot hear the database and recovers; and the freshness banner knows the
+museum's opening hours."""
 
 from __future__ import annotations
 
 import random
+import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from tests.integration.dashboard_support import (
     dashboard_process,
     store,
 )
+from tests.integration.silent import require_nft, silenced
 from tests.integration.test_dashboard_browser import (
+    PNG_SIGNATURE,
     browser,
     screenshot,
     screenshots,
@@ -38,6 +42,7 @@ CLOCK_OPEN = ("--clock-start", OPEN_AT)
 TITLE = "Safety \N{MIDDLE DOT} LMNH live dashboard"
 WAIT_MS = 10_000  # a request reaches the page within about a second; this is the test's patience
 START_MS = 30_000  # a server starting, and the page's EventSource retrying every 3 s
+NOT_LIVE_MS = 10_000  # the listener is judged deaf after 5 s unheard; the page says so at once
 expect = sync_api.expect
 
 
@@ -239,6 +244,40 @@ def test_the_panel_says_offline_and_recovers(
             expect(item(panel, "EXH_00")).to_have_count(1)
             expect(page.locator(".now-alert")).to_contain_text("EXH_03 Cetacean Sensations")
             expect(page).to_have_title(f"(1) ⚠ {TITLE}")
+
+
+def test_the_panel_never_says_live_while_the_database_is_silent(
+    dashboard_db: DatabaseSettings, browser: sync_api.BrowserContext, screenshots: Path
+) -> None:
+    """Every packet of the server's connections to PostgreSQL dropped, nothing closed: the
+    web server still ticks, but the panel says "Reconnecting" within seconds; once the
+    listener hears again on a new connection, it is live with the emergency it missed."""
+    require_nft()
+    store(dashboard_db, requests=[("EXH_00", 0, at("10:50:00"))])
+    with dashboard_process(dashboard_db, *CLOCK_OPEN) as server:
+        page = browser.new_page()
+        panel = open_safety(page, f"{server.url}/safety")
+        connection = panel.locator(".now-connection")
+        with silenced(server.process.pid, [dashboard_db.port]):
+            started = time.monotonic()
+            store(dashboard_db, requests=[("EXH_03", 1, at("11:00:40"))])
+            expect(panel).to_have_attribute("data-state", "reconnecting", timeout=NOT_LIVE_MS)
+            not_live_s = time.monotonic() - started
+            expect(connection).to_contain_text("Reconnecting… not live since 11:0")
+            panel.screenshot(path=screenshots / "now-reconnecting.png")
+            assert (screenshots / "now-reconnecting.png").read_bytes()[:8] == PNG_SIGNATURE
+            expect(panel).to_have_attribute("data-state", "live", timeout=START_MS)
+            live_s = time.monotonic() - started
+            expect(connection).to_have_text("Live")
+            expect(page.locator(".now-alert")).to_contain_text("EXH_03 Cetacean Sensations")
+            shown_s = time.monotonic() - started
+        expect(item(panel, "EXH_03")).to_contain_text("Emergency")
+        expect(item(panel, "EXH_00")).to_have_count(1)
+        expect(page).to_have_title(f"(1) ⚠ {TITLE}")
+        print(
+            f"not live after {not_live_s:.1f} s, live after {live_s:.1f} s, the missed"
+            f" emergency shown after {shown_s:.1f} s; {screenshots / 'now-reconnecting.png'}"
+        )
 
 
 @pytest.mark.parametrize(

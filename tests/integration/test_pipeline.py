@@ -8,12 +8,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from psycopg2 import sql
 
+from lmnh.database import execute_outside_transaction
 from tests.integration.support import (
+    NO_ENV_FILE,
+    PYTHON,
     Target,
     assert_exactly_once,
     consumed,
     replayed,
+    run,
     stored_coordinates,
     wait_for_members,
     wait_mid_run,
@@ -71,6 +76,47 @@ def test_limit_stops_after_exactly_n_and_the_next_run_continues(target: Target) 
             assert sorted(offsets) == list(range(len(offsets)))
     target.pipeline()
     assert_exactly_once(target, report)
+
+
+def test_the_original_command_on_a_fresh_database_loads_the_topics_history(
+    target: Target,
+) -> None:
+    """`python kafka_pipeline.py --topic lmnh --limit N`, as the original design runs it: a
+    partition the database has never loaded starts at the oldest message, whatever the group
+    committed to Kafka; `--from-newest` starts it at the newest instead."""
+    report = target.history(400, seed=9)
+    command = [PYTHON, "kafka_pipeline.py", "--topic", target.topic, "--env-file", NO_ENV_FILE]
+    newest = run([*command, "--from-newest", "--idle-timeout", "2"], target.env)
+    assert newest.returncode == 0, newest.stderr[-3000:]
+    assert (consumed(newest.stdout), target.loaded()) == (0, 0)
+    original = run([*command, "--limit", "150"], target.env)
+    assert original.returncode == 0, original.stderr[-3000:]
+    assert consumed(original.stdout) == 150
+    assert_each_partition_from_its_first_message(target)
+    target.pipeline("--idle-timeout", "2")
+    assert_exactly_once(target, report)
+    # The database forgets what it loaded (a new one, or one reset) while the group's commits
+    # in Kafka stay at the end: the database decides, and the history is loaded again.
+    execute_outside_transaction(
+        target.settings.database,
+        sql.SQL(
+            "TRUNCATE rating_interaction, request_interaction, rejected_message, kafka_offset,"
+            " load_minute"
+        ),
+    )
+    again = run([*command, "--limit", "100"], target.env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert consumed(again.stdout) == 100
+    assert_each_partition_from_its_first_message(target)
+
+
+def assert_each_partition_from_its_first_message(target: Target) -> None:
+    """What is stored of each partition is a gap-free run from its first offset."""
+    by_partition: dict[int, list[int]] = {}
+    for partition, offset in stored_coordinates(target):
+        by_partition.setdefault(partition, []).append(offset)
+    for offsets in by_partition.values():
+        assert sorted(offsets) == list(range(len(offsets)))
 
 
 def test_sigterm_finishes_the_batch_in_hand_commits_and_exits_cleanly(

@@ -1,16 +1,44 @@
-"""schema.sql against real PostgreSQL: constraints, reference data, idempotence, reset."""
+"""The schema against real PostgreSQL: constraints, reference data, idempotence, reset; the
+migrations against schema.sql and the other files, the version check, the lock_timeout."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import threading
+import time
 from datetime import date
 
 import psycopg2
 import pytest
 
-from lmnh.database import apply_schema, connect, missing_tables, reset_schema
+from dashboard import VIEWS_FILE
+from dashboard.__main__ import _check_database
+from lmnh.config import DatabaseSettings, Settings
+from lmnh.database import (
+    ROLES_FILE,
+    SCHEMA_FILE,
+    applied_migrations,
+    apply_schema,
+    connect,
+    missing_tables,
+    require_schema,
+    reset_schema,
+)
+from lmnh.errors import ExitCode, FatalError
+from lmnh.migrate import apply_migrations
 from lmnh.museum import KIOSK_REFERENCE
+from lmnh.schema import status
+from lmnh.schema_version import APPLY_COMMAND, EXPECTED, LEDGER
 from lmnh.store import Store
-from tests.integration.support import Target
+from tests.integration.conftest import fresh_target
+from tests.integration.support import (
+    NO_ENV_FILE,
+    PYTHON,
+    ROOT,
+    Target,
+    assert_exactly_once,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +207,193 @@ def test_applying_the_schema_again_keeps_data_and_reset_deletes_it(target: Targe
     assert target.query("SELECT count(*) FROM rating_interaction") == [(0,)]
     assert target.query("SELECT count(*) FROM exhibition") == [(6,)]
     conn.close()
+
+
+def test_the_original_designs_schema_sql_applies_with_psql_to_an_empty_database(
+    settings: Settings,
+) -> None:
+    """`psql -f schema.sql`, as the original design's card says, at the top of the checkout:
+    the tables, constraints, indexes and reference data, the same file the pipeline applies."""
+    assert (ROOT / "schema.sql").resolve() == SCHEMA_FILE
+    for target in fresh_target(settings, schema=False):
+        db = target.settings.database
+        result = subprocess.run(
+            ["psql", "-v", "ON_ERROR_STOP=1", "-q", "-f", "schema.sql"],
+            cwd=ROOT,
+            env=_psql_env(db),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        conn = connect(db)
+        try:
+            assert missing_tables(conn) == []
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM exhibition")
+                assert cur.fetchone() == (len(KIOSK_REFERENCE.exhibition_start),)
+        finally:
+            conn.close()
+        the_original_design_loads_then_the_migrations_take_over(target)
+
+
+def the_original_design_loads_then_the_migrations_take_over(target: Target) -> None:
+    """On a database made by `psql -f schema.sql` alone (no ledger): the original design's
+    `python kafka_pipeline.py --topic lmnh --limit N` loads; `lmnh-schema apply` then records
+    the conversion to partitions (the tables are partitioned already) rather than run it, the
+    DEFAULT partitions stay, and the pipeline goes on loading."""
+    report = target.history(300, seed=13)
+    loaded = target.pipeline("--limit", "200")
+    assert "consumed 200" in loaded.stdout, loaded.stdout
+    applied = subprocess.run(
+        [PYTHON, "-m", "lmnh.schema", "apply", "--env-file", NO_ENV_FILE],
+        cwd=ROOT,
+        env=target.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "recording migration 0002_partitions" in applied.stderr, applied.stderr
+    defaults = target.query(
+        "SELECT count(*) FROM pg_class WHERE relispartition AND right(relname, 8) = '_default'"
+    )
+    assert defaults == [(4,)]
+    conn = connect(target.settings.database)
+    try:
+        assert applied_migrations(conn) == list(EXPECTED)
+    finally:
+        conn.close()
+    target.pipeline()
+    assert_exactly_once(target, report)
+
+
+def _psql_env(db: DatabaseSettings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PGHOST": db.host,
+        "PGPORT": str(db.port),
+        "PGDATABASE": db.name,
+        "PGUSER": db.username,
+        "PGPASSWORD": db.password.reveal(),
+    }
+
+
+def _execute(db: DatabaseSettings, statement: str, params: tuple[object, ...] = ()) -> None:
+    conn = connect(db)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+    finally:
+        conn.close()
+
+
+def _dump(db: DatabaseSettings) -> str:
+    """The database as pg_dump sees it (schema, grants and the reference data), without the
+    migrations' ledger, which only one of the two ways makes."""
+    result = subprocess.run(
+        ["pg_dump", "--restrict-key=lmnh", "--exclude-table=_yoyo_*", "--exclude-table=yoyo_lock"],
+        env=_psql_env(db),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_the_migrations_make_what_the_files_make(settings: Settings) -> None:
+    """On two empty databases, `psql -f` of schema.sql, views.sql and roles.sql (in the order
+    a release from before migrations applied them) and the migrations: the same tables,
+    constraints, indexes, functions, triggers, views, grants and reference data. A change to
+    the schema is a new migration and the same change in the files; this keeps them equal."""
+    for by_files in fresh_target(settings, schema=False):
+        db = by_files.settings.database
+        files = [flag for path in (SCHEMA_FILE, VIEWS_FILE, ROLES_FILE) for flag in ("-f", path)]
+        subprocess.run(
+            ["psql", "-v", "ON_ERROR_STOP=1", "-q", "--single-transaction", *files],
+            env=_psql_env(db),
+            capture_output=True,
+            check=True,
+        )
+        made_by_files = _dump(db)
+    assert "CREATE TABLE public.rating_rollup" in made_by_files
+    assert "COPY public.exhibition" in made_by_files
+    for by_migrations in fresh_target(settings):
+        conn = connect(by_migrations.settings.database)
+        try:
+            assert applied_migrations(conn) == list(EXPECTED)
+        finally:
+            conn.close()
+        made_by_migrations = _dump(by_migrations.settings.database)
+    assert made_by_migrations.replace(by_migrations.settings.database.name, "DB") == (
+        made_by_files.replace(db.name, "DB")
+    )
+
+
+def test_the_schema_version_is_refused_unless_it_is_this_releases(target: Target) -> None:
+    """One line that names the command to run, exit 6: a database whose ledger lacks a
+    migration (the pipeline, `lmnh-schema status`), and one newer than this code (the
+    dashboard's check at start)."""
+    db = target.settings.database
+    _execute(db, f"DELETE FROM {LEDGER} WHERE migration_id = %s", (EXPECTED[-1],))
+    result = target.pipeline("--limit", "1", check=False)
+    assert result.returncode == ExitCode.SCHEMA_MISSING, result.stderr[-2000:]
+    assert f"this release needs {EXPECTED[-1]}" in result.stderr
+    assert f"run `{APPLY_COMMAND}`" in result.stderr
+    assert status(db) == ExitCode.SCHEMA_MISSING
+
+    conn = connect(db)
+    try:
+        assert apply_schema(conn) == [EXPECTED[-1]]
+        require_schema(conn)
+        assert apply_schema(conn) == []
+        assert status(db) == ExitCode.OK
+        _execute(db, f"INSERT INTO {LEDGER} VALUES ('x', '9999_later', now())")
+        with pytest.raises(FatalError, match="newer than this release") as newer:
+            _check_database(db)
+        assert newer.value.exit_code == ExitCode.SCHEMA_MISSING
+    finally:
+        conn.close()
+
+
+def test_a_migration_queues_no_one_behind_it_and_keeps_the_data(target: Target) -> None:
+    """A database made before migrations (no ledger) while a loading transaction holds its
+    facts table: the baseline asks for that table's lock for at most lock_timeout, gives up
+    and tries again after a backoff, so that the other writers are never queued behind it for
+    longer; once the table is free it applies, and the data stays."""
+    db = target.settings.database
+    # Each its own exhibition: writers of one rollup row wait for each other, as they should.
+    store = (
+        "INSERT INTO rating_interaction (exhibition_id, rating_id, event_at, kafka_topic,"
+        " kafka_partition, kafka_offset) VALUES (%s, 1, now(), 't', 0, %s)"
+    )
+    _execute(db, store, (1, 0))
+    _execute(db, "DROP TABLE _yoyo_migration, _yoyo_log, _yoyo_version, yoyo_lock")
+    loading = connect(db)
+    migrating = connect(db)
+    retried = threading.Event()
+    applied: list[str] = []
+
+    def wait(seconds: float) -> None:
+        retried.set()
+        time.sleep(seconds)
+
+    def migrate() -> None:
+        applied.extend(apply_migrations(migrating, lock_timeout_s=0.2, sleep=wait))
+
+    try:
+        with loading.cursor() as cur:
+            cur.execute(store, (2, 1))  # its transaction stays open, with the table's lock
+        migration = threading.Thread(target=migrate)
+        migration.start()
+        assert retried.wait(30), "the migration never gave up its wait"
+        # Another writer of the same table, while the migration retries: it goes through.
+        _execute(db, "SET statement_timeout = '5s'; " + store, (3, 2))
+        loading.commit()
+        migration.join(60)
+        assert applied == list(EXPECTED)
+    finally:
+        loading.close()
+        migrating.close()
+    assert target.query("SELECT count(*) FROM rating_interaction") == [(3,)]
+    assert target.query(f"SELECT migration_id FROM {LEDGER}") == [(m,) for m in EXPECTED]

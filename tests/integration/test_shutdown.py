@@ -6,13 +6,11 @@ ends the run too. Each with the real database, blocked or gone."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +23,7 @@ from lmnh.errors import ExitCode, FatalError
 from lmnh.events import KafkaMessage
 from lmnh.pipeline import Pipeline, RunOptions
 from lmnh.store import Store
+from tests.integration.silent import frozen_database
 from tests.integration.support import (
     Target,
     assert_exactly_once,
@@ -63,7 +62,12 @@ def test_a_second_signal_ends_a_copy_blocked_on_a_lock(target: Target, tmp_path:
     locker = connect(target.settings.database)
     try:
         with locker.cursor() as cur:
-            cur.execute("LOCK TABLE rating_interaction IN ACCESS EXCLUSIVE MODE")
+            # Every table a batch may write: a first batch of one request or reject (the first
+            # message is taken alone) must wait too.
+            cur.execute(
+                "LOCK TABLE rating_interaction, request_interaction, rejected_message"
+                " IN ACCESS EXCLUSIVE MODE"
+            )
         process = target.start_pipeline(log, "--follow", "--batch-size", "500")
         wait_until(
             lambda: copy_waits_on_a_lock(target), 60, "the pipeline's COPY waits on the lock"
@@ -79,38 +83,6 @@ def test_a_second_signal_ends_a_copy_blocked_on_a_lock(target: Target, tmp_path:
     assert target.loaded() == 0, "the abandoned batch was committed"
     target.pipeline()
     assert_exactly_once(target, report)
-
-
-def _children(parent: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:  # gone meanwhile
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                children.append(int(entry.name))
-    return children
-
-
-@contextmanager
-def frozen_database(target: Target) -> Iterator[None]:
-    """Every process of the PostgreSQL server stopped (SIGSTOP): connections stay open and
-    nothing answers, not even a cancel request, as with a server whose host vanished."""
-    [(data_directory,)] = target.query("SHOW data_directory")
-    postmaster = int((Path(data_directory) / "postmaster.pid").read_text().split()[0])
-    try:
-        _signal_all([postmaster, *_children(postmaster)], signal.SIGSTOP)
-        yield
-    finally:
-        _signal_all([postmaster, *_children(postmaster)], signal.SIGCONT)
-
-
-def _signal_all(pids: list[int], signum: signal.Signals) -> None:
-    for pid in pids:
-        with suppress(ProcessLookupError):  # a backend that ended meanwhile
-            os.kill(pid, signum)
 
 
 @pytest.mark.usefixtures("local_postgres")

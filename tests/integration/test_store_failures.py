@@ -3,7 +3,7 @@ retry (transient), set the message aside (permanent), or stop with an exit code 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import psycopg2
@@ -258,26 +258,49 @@ def test_errors_without_a_sqlstate_are_classified_too() -> None:
     assert isinstance(classify(KeyError("EXH_99")), PermanentError)
 
 
-# --- end to end: the one message PostgreSQL refuses is set aside, never the feed -------------
+# --- end to end: a database that refuses valid events stops the run, never turns them into rejects
 
 
-def test_messages_the_database_refuses_are_set_aside_and_the_rest_is_loaded(
-    target: Target,
+def raise_on_emergencies(target: Target) -> None:
+    """A broken trigger: every emergency stored raises (SQLSTATE P0001)."""
+    as_superuser(
+        target,
+        "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.request_id = (SELECT request_id FROM request WHERE request_value = 1) THEN"
+        " RAISE EXCEPTION 'the rollup is broken'; END IF; RETURN NEW; END $$;"
+        " CREATE TRIGGER broken BEFORE INSERT ON request_interaction"
+        " FOR EACH ROW EXECUTE FUNCTION broken()",
+    )
+
+
+@pytest.mark.parametrize(
+    ("refuse", "sqlstate", "mend"),
+    [
+        (
+            refuse_thunder_lizards,
+            "23514",
+            "ALTER TABLE rating_interaction DROP CONSTRAINT no_thunder_lizards",
+        ),
+        (raise_on_emergencies, "P0001", "DROP TRIGGER broken ON request_interaction"),
+    ],
+    ids=["check-constraint", "trigger-raises"],
+)
+def test_a_database_that_refuses_valid_events_stops_the_run_with_exit_8(
+    target: Target, refuse: Callable[[Target], None], sqlstate: str, mend: str
 ) -> None:
     report = target.history(3000, seed=5)
-    refuse_thunder_lizards(target)
-    result = target.pipeline("--batch-size", "1000")
-    expected = report_counts(report)
-    refused = {key: n for key, n in expected["ratings"].items() if key[0] == "EXH_05"}
-    assert sum(refused.values()) > 10
-    expected["ratings"] = {k: n for k, n in expected["ratings"].items() if k not in refused}
-    expected["rejected"]["unstorable"] = sum(refused.values())
-    assert database_counts(target) == expected
+    refuse(target)
+    result = target.pipeline("--batch-size", "1000", check=False)
+    assert result.returncode == ExitCode.DATABASE_REFUSED, result.stderr[-3000:]
+    assert f"({sqlstate} " in result.stderr
+    assert "not of the message" in result.stderr
+    [(unstorable,)] = target.query(
+        "SELECT count(*) FROM rejected_message WHERE reason_code = 'unstorable'"
+    )
+    assert unstorable == 0, "valid events were stored as rejects"
+    assert target.loaded() < report["sent"]  # the refused one and what follows it are not
+    as_superuser(target, mend)
+    target.pipeline()
+    assert database_counts(target) == report_counts(report)
     coordinates = stored_coordinates(target)
     assert len(coordinates) == len(set(coordinates)) == report["sent"]
-    assert "set aside" in result.stderr
-    reasons = target.query(
-        "SELECT DISTINCT split_part(reason, ';', 1) LIKE 'rating RatingEvent%%', reason LIKE"
-        " '%%no_thunder_lizards%%' FROM rejected_message WHERE reason_code = 'unstorable'"
-    )
-    assert reasons == [(True, True)]

@@ -412,7 +412,17 @@ def test_the_defaults_time_240_emergencies_half_a_second_apart_on_one_page() -> 
     args = parse_args([])
     assert (args.rate, args.emergencies, args.browsers, args.soak_minutes) == (500, 240, 1, None)
     assert args.save is False
+    assert args.proxy is False
     assert interval_s(args) == 0.5
+
+
+def test_the_proxy_is_asked_for_and_said_in_the_report() -> None:
+    assert parse_args(["--proxy"]).proxy is True
+    direct = render_live(result())
+    assert "plain HTTP, direct" in direct
+    proxied = result()
+    proxied["settings"] = {**proxied["settings"], "proxy": True}
+    assert "HTTPS through Caddy (deploy/caddy/Caddyfile)" in render_live(proxied)
 
 
 def test_a_soak_spreads_the_emergencies_over_it_unless_told() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from lmnh.cli import exit_code_for, fail, run
@@ -66,3 +69,33 @@ def test_run_lets_a_bug_keep_its_traceback() -> None:
 
     with pytest.raises(ZeroDivisionError):
         run("prog", bug)
+
+
+_STOPPING = """
+import logging, os, signal, sys, threading, time
+from lmnh.cli import stop_on_signals
+
+stop = threading.Event()
+stop_on_signals(stop, logging.getLogger("t"), "stopping", report_after_s={after})
+
+def finishing_the_batch_in_hand():
+    os.kill(os.getpid(), signal.SIGTERM)
+    while not stop.is_set():
+        time.sleep(0.01)
+    time.sleep({busy})
+
+finishing_the_batch_in_hand()
+"""
+
+
+@pytest.mark.parametrize(("busy", "reported"), [(1.5, True), (0.0, False)])
+def test_a_stop_that_lasts_writes_where_every_thread_is(busy: float, reported: bool) -> None:
+    """Still running past the report's time after the first signal: every thread's stack on
+    stderr, naming what the program was doing; a stop that ends before writes none."""
+    program = _STOPPING.format(after=0.5, busy=busy)
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert ("in finishing_the_batch_in_hand" in done.stderr) is reported, done.stderr
+    assert ("Thread 0x" in done.stderr) is reported, done.stderr

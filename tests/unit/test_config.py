@@ -14,6 +14,7 @@ from lmnh.config import (
     load_config,
     read_environment,
 )
+from lmnh.database import tried_last
 from lmnh.errors import ConfigError
 from lmnh.kafka_admin import client_config
 
@@ -102,3 +103,80 @@ def test_env_example_documents_exactly_the_variables_read() -> None:
         if line and not line.startswith("#")
     }
     assert names == VARIABLES
+
+
+# --- the database: several hosts, TLS by default across a network, bounded waits ---------------
+
+
+def test_a_remote_database_is_verified_by_default_and_this_machines_is_not() -> None:
+    assert load_config(HOSTED).database.sslmode == "verify-full"
+    assert load_config({}).database.sslmode == "prefer"
+    for here in ("127.0.0.1", "localhost", "::1", "127.1.2.3", "/var/run/postgresql"):
+        assert load_config({"DB_HOST": here}).database.sslmode == "prefer", here
+    assert load_config({"DB_HOST": "127.0.0.1,db.example.net"}).database.sslmode == "verify-full"
+    assert load_config({**HOSTED, "DB_SSLMODE": "Require"}).database.sslmode == "require"
+
+
+def test_sslmode_and_session_attrs_are_checked() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config({"DB_SSLMODE": "verify_full", "DB_TARGET_SESSION_ATTRS": "writable"})
+    assert len(raised.value.problems) == 2
+    assert "DB_SSLMODE='verify_full' must be one of" in raised.value.problems[0]
+
+
+def test_several_hosts_follow_the_writable_one() -> None:
+    db = load_config({"DB_HOST": "a.example.net, b.example.net", "DB_PORT": "5432,6543"}).database
+    assert (db.host, db.port, db.ports) == ("a.example.net,b.example.net", 5432, (5432, 6543))
+    assert db.target_session_attrs == "read-write"
+    assert db.where == "a.example.net,b.example.net:5432,6543"
+    one = load_config({"DB_HOST": "a.example.net,b.example.net", "DB_PORT": "5433"}).database
+    assert (one.port, one.ports) == (5433, ())
+    assert load_config(HOSTED).database.target_session_attrs is None
+    chosen = load_config({**HOSTED, "DB_TARGET_SESSION_ATTRS": "any"}).database
+    assert chosen.target_session_attrs == "any"
+
+
+@pytest.mark.parametrize(
+    ("hosts", "ports"), [("a,b", "1,2,3"), ("a,,b", "5432"), ("a,b", "1,x"), ("a", "0")]
+)
+def test_hosts_and_ports_must_agree(hosts: str, ports: str) -> None:
+    with pytest.raises(ConfigError):
+        load_config({"DB_HOST": hosts, "DB_PORT": ports})
+
+
+def test_silent_peers_are_noticed_within_seconds_by_default() -> None:
+    settings = load_config({})
+    live = settings.database.liveness
+    # A silent idle connection is dead after idle + interval * count seconds.
+    assert live.keepalives_idle_s + live.keepalives_interval_s * live.keepalives_count <= 15
+    assert live.tcp_user_timeout_ms <= 15_000
+    assert live.connect_timeout_s <= 10
+    assert settings.kafka.socket_timeout_ms <= 15_000
+    tuned = load_config(
+        {
+            "DB_KEEPALIVES_IDLE": "30",
+            "DB_TCP_USER_TIMEOUT_MS": "0",
+            "KAFKA_SOCKET_TIMEOUT_MS": "5000",
+        }
+    )
+    assert tuned.database.liveness.keepalives_idle_s == 30
+    assert tuned.database.liveness.tcp_user_timeout_ms == 0
+    assert tuned.kafka.socket_timeout_ms == 5000
+    with pytest.raises(ConfigError) as raised:
+        load_config({"DB_CONNECT_TIMEOUT": "0", "DB_KEEPALIVES_COUNT": "-1"})
+    assert len(raised.value.problems) == 2
+
+
+def test_a_host_that_does_not_answer_is_tried_last() -> None:
+    both = load_config({"DB_HOST": "a,b,c", "DB_PORT": "1,2,3"}).database
+    moved = tried_last(both, "a", 1)
+    assert (moved.host, moved.port, moved.ports) == ("b,c,a", 2, (2, 3, 1))
+    assert tried_last(moved, "a", 1) == moved
+    assert tried_last(both, "a", 2) == both  # no such server
+    one_port = load_config({"DB_HOST": "a,b", "DB_PORT": "5433"}).database
+    assert (tried_last(one_port, "a", 5433).host, tried_last(one_port, "a", 5433).ports) == (
+        "b,a",
+        (),
+    )
+    single = load_config(HOSTED).database
+    assert tried_last(single, "db.example.net", 6543) == single

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 import unicodedata
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from dashboard.feed import (
     BEHIND_MESSAGES,
+    QUIET,
     RAW_HEAD_BYTES,
     RAW_SHOWN_CHARS,
     STALL,
@@ -23,6 +24,7 @@ from dashboard.feed import (
     ShownRaw,
     describe_age,
     exhibitions_body,
+    is_quiet,
     judge_pipeline,
     latest_body,
     openapi_parameters,
@@ -32,8 +34,9 @@ from dashboard.feed import (
     show_raw,
     visible_text,
 )
-from dashboard.feed_queries import PartitionLoad, RejectedRow
+from dashboard.feed_queries import Exhibition, PartitionLoad, RejectedRow
 from dashboard.filters import FilterError
+from lmnh.museum import LONDON, OPENS, in_opening_hours
 
 STATIC = Path(__file__).resolve().parents[2] / "dashboard" / "static"
 
@@ -271,6 +274,22 @@ def partition(
             "behind",
             "2 messages waited on kiosks[4] at its last batch, 5 min ago, and none has been",
         ),
+        # Nothing stored anywhere for over a minute, though messages waited: stalled, however
+        # many sessions are listed (a silent connection's stay until the server notices).
+        (
+            2,
+            [partition(0, 0, 61), partition(3, 7, 300)],
+            "stalled",
+            "connected, but no batch stored for 61 s although 7 messages waited at the last",
+        ),
+        (
+            1,
+            [partition(0, 3, 125), partition(1, BEHIND_MESSAGES, 125)],
+            "stalled",
+            "connected, but no batch stored for 2 min although 10,003 messages waited",
+        ),
+        # Caught up at the last batch, an hour ago: idle, as far as the database can tell.
+        (1, [partition(0, 0, 3600), partition(1, 0, 3605)], "running", "connected and caught"),
     ],
 )
 def test_the_pipeline_state_is_judged_from_its_session_and_its_last_batches(
@@ -280,10 +299,20 @@ def test_the_pipeline_state_is_judged_from_its_session_and_its_last_batches(
     assert (judged.state, judged.reason[: len(reason)]) == (state, reason)
 
 
-def test_a_stall_is_counted_from_the_partitions_last_batch() -> None:
+def test_a_stall_is_counted_from_the_last_batch_of_any_partition() -> None:
     seconds = STALL.total_seconds()
     assert judge_pipeline(1, [partition(0, 1, seconds)], NOW).state == "running"
-    assert judge_pipeline(1, [partition(0, 1, seconds + 0.001)], NOW).state == "behind"
+    judged = judge_pipeline(1, [partition(0, 1, seconds + 0.001)], NOW)
+    assert (judged.state, judged.stalled_since) == ("stalled", NOW - STALL - timedelta(0, 0, 1000))
+    # Another partition stored 30 s ago: that one is behind, the pipeline is not stalled.
+    stored_since = [partition(0, 1, seconds + 50), partition(1, 0, 30)]
+    assert judge_pipeline(1, stored_since, NOW).state == "behind"
+    # Stalled since the last batch, whichever partition it stored.
+    judged = judge_pipeline(1, [partition(0, 4, 600), partition(1, 0, 90)], NOW)
+    assert (judged.state, judged.stalled_since) == ("stalled", at("2026-11-20T13:58:30+00:00"))
+    assert judged.reason == (
+        "connected, but no batch stored for 2 min although 4 messages waited at the last batches"
+    )
 
 
 @pytest.mark.parametrize(
@@ -348,7 +377,11 @@ def test_the_reject_rate_is_rejected_over_rejected_and_stored() -> None:
     body = exhibitions_body(
         WINDOWS["1h"],
         now,
-        [("EXH_01", "Adaptation"), ("EXH_02", "The Crenshaw Collection"), ("EXH_03", "Whales")],
+        [
+            Exhibition("EXH_01", "Adaptation", first),
+            Exhibition("EXH_02", "The Crenshaw Collection", at("2026-11-20T13:00Z")),
+            Exhibition("EXH_03", "Whales", None),
+        ],
         [
             (first, "EXH_01", 1),
             (second, "EXH_01", 3),
@@ -365,6 +398,8 @@ def test_the_reject_rate_is_rejected_over_rejected_and_stored() -> None:
             "rejected": 4,
             "stored": 4,
             "reject_rate": 0.5,
+            "last_stored_at": "2026-11-20T14:34:00+00:00",
+            "quiet": False,
         },
         {
             "public_id": "EXH_02",
@@ -372,6 +407,9 @@ def test_the_reject_rate_is_rejected_over_rejected_and_stored() -> None:
             "rejected": 2,
             "stored": 0,
             "reject_rate": 1.0,
+            # Open, and its last interaction 95 minutes ago: quiet, sending only rejects.
+            "last_stored_at": "2026-11-20T13:00:00+00:00",
+            "quiet": True,
         },
         {
             "public_id": "EXH_03",
@@ -379,8 +417,11 @@ def test_the_reject_rate_is_rejected_over_rejected_and_stored() -> None:
             "rejected": 0,
             "stored": 6,
             "reject_rate": 0.0,
+            "last_stored_at": None,  # the rollups' figures aside, none in the fact tables
+            "quiet": False,
         },
     ]
+    assert (body["museum_open"], body["quiet_minutes"]) == (True, 90)
     assert body["unattributed"] == 5
     assert len(body["rows"]) == 60 * 3
     rates = {(r["bucket"], r["public_id"]): r["reject_rate"] for r in body["rows"]}
@@ -388,6 +429,50 @@ def test_the_reject_rate_is_rejected_over_rejected_and_stored() -> None:
     assert rates["2026-11-20T14:00:00+00:00", "EXH_01"] == 0.75
     assert rates["2026-11-20T14:34:00+00:00", "EXH_03"] == 0.0
     assert rates["2026-11-20T14:33:00+00:00", "EXH_01"] is None
+
+
+@pytest.mark.parametrize(
+    ("now", "last_stored", "quiet"),
+    [
+        # 20 Nov: London on GMT, open 08:45-18:15 UTC.
+        ("2026-11-20T14:35:00Z", "2026-11-20T13:05:00Z", True),  # 90 minutes to the second
+        ("2026-11-20T14:35:00Z", "2026-11-20T13:05:01Z", False),
+        ("2026-11-20T14:35:00Z", "2026-11-14T10:00:00Z", True),  # 6 days ago: seen
+        ("2026-11-20T14:35:00Z", "2026-11-13T10:00:00Z", False),  # over a week ago: not judged
+        ("2026-11-20T14:35:00Z", None, False),  # never stored: not judged
+        # The night does not count: quiet 90 minutes after opening at the earliest.
+        ("2026-11-20T10:14:59Z", "2026-11-19T18:10:00Z", False),
+        ("2026-11-20T10:15:00Z", "2026-11-19T18:10:00Z", True),
+        # Closed, at closing time (inclusive) and just before opening.
+        ("2026-11-20T18:15:00Z", "2026-11-20T16:00:00Z", True),
+        ("2026-11-20T18:15:01Z", "2026-11-20T16:00:00Z", False),
+        ("2026-11-21T08:44:59Z", "2026-11-20T16:00:00Z", False),
+        # 1 July: London on BST, 08:45 is 07:45 UTC.
+        ("2026-07-01T09:14:59Z", "2026-06-30T16:00:00Z", False),
+        ("2026-07-01T09:15:00Z", "2026-06-30T16:00:00Z", True),
+        ("2026-07-01T17:16:00Z", "2026-07-01T15:00:00Z", False),  # 18:16 BST: closed
+    ],
+)
+def test_a_kiosk_is_quiet_after_90_minutes_of_opening_time_without_a_stored_interaction(
+    now: str, last_stored: str | None, quiet: bool
+) -> None:
+    assert is_quiet(None if last_stored is None else at(last_stored), at(now)) is quiet
+
+
+@given(
+    now=st.datetimes(
+        min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
+    ),
+    silent=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=9)),
+)
+def test_quiet_means_open_for_90_minutes_with_nothing_stored_in_them(
+    now: datetime, silent: timedelta
+) -> None:
+    opened = datetime.combine(now.astimezone(LONDON).date(), OPENS, LONDON)
+    expected = (
+        in_opening_hours(now) and now - opened >= QUIET and QUIET <= silent <= timedelta(days=7)
+    )
+    assert is_quiet(now - silent, now) is expected
 
 
 def test_the_latest_messages_show_their_raw_values_safely() -> None:
@@ -445,7 +530,7 @@ def test_the_pipeline_body_counts_the_last_hours_whole_minutes() -> None:
     ]
     partitions = [partition(0, 5, 30, now), partition(1, None, 20, now)]
     body = pipeline_body(now, at("2026-11-20T14:40:00+00:00"), 1, partitions, minutes)
-    assert body["state"] == "running"
+    assert (body["state"], body["stalled_since"]) == ("running", None)
     assert body["server_now"] == "2026-11-20T14:40:00+00:00"
     assert (body["hour_since"], body["hour_until"]) == (
         "2026-11-20T13:35:00+00:00",
@@ -475,6 +560,19 @@ def test_the_pipeline_body_counts_the_last_hours_whole_minutes() -> None:
         "lag": None,
         "stored_at": "2026-11-20T14:35:00+00:00",
     }
+
+
+def test_a_stalled_pipeline_says_since_when() -> None:
+    partitions = [partition(0, 12, 240), partition(1, 0, 180)]
+    body = pipeline_body(NOW, NOW, 2, partitions, [])
+    assert (body["state"], body["stalled_since"], body["last_batch_at"]) == (
+        "stalled",
+        "2026-11-20T13:57:00+00:00",
+        "2026-11-20T13:57:00+00:00",
+    )
+    assert body["state_reason"] == (
+        "connected, but no batch stored for 3 min although 12 messages waited at the last batches"
+    )
 
 
 def test_a_pipeline_that_never_ran_has_no_lag_nor_last_batch() -> None:

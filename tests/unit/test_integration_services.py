@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from lmnh.config import DATABASE_VARIABLES, KAFKA_VARIABLES, VARIABLES, load_config
+from lmnh.config import (
+    DATABASE_TIMEOUT_VARIABLES,
+    DATABASE_VARIABLES,
+    KAFKA_VARIABLES,
+    RETENTION_VARIABLES,
+    VARIABLES,
+    load_config,
+)
 from tests.integration.support import select_services
 
 HOSTED_KAFKA = {
@@ -23,10 +30,15 @@ HOSTED_DATABASE = {
 }
 # The tests' own choices, whatever the environment says.
 OWN = {"KAFKA_GROUP_ID": "theirs", "KAFKA_MAX_POLL_INTERVAL_MS": "20000", "KAFKA_PARTITIONS": "2"}
+# How soon silent peers are noticed: the defaults, whatever the environment says.
+TIMEOUTS = {*DATABASE_TIMEOUT_VARIABLES, "KAFKA_SOCKET_TIMEOUT_MS"}
+# Partition maintenance's retention: the defaults, whatever the environment says.
+RETENTION = set(RETENTION_VARIABLES)
 
 
 def test_every_setting_is_a_service_setting_or_the_tests_own() -> None:
-    assert set(KAFKA_VARIABLES) | set(DATABASE_VARIABLES) | set(OWN) == VARIABLES
+    services = set(KAFKA_VARIABLES) | set(DATABASE_VARIABLES)
+    assert services | set(OWN) | TIMEOUTS | RETENTION == VARIABLES
 
 
 def test_nothing_set_means_the_local_stack() -> None:

@@ -15,7 +15,8 @@ OURS_OUTSIDE_THE_PIPELINE = {"dashboard", "simulator", "stack", "bench", "fuzz",
 # Which pipeline modules may import each third-party library.
 HOMES = {
     "confluent_kafka": {"kafka_source", "kafka_admin"},
-    "psycopg2": {"database", "store"},
+    "psycopg2": {"database", "store", "watchdog", "migrate"},
+    "yoyo": {"migrate"},
     "dotenv": {"config"},
     "prometheus_client": {"metrics"},
 }
@@ -57,3 +58,15 @@ def test_the_check_sees_every_form_of_import(tmp_path: Path) -> None:
     )
     assert imported_modules(module) == {"simulator", "dashboard", "bench"}
     assert len(MODULES) >= 10
+
+
+def test_the_original_designs_files_are_at_the_top() -> None:
+    """`schema.sql` and `requirements.txt` at the top, as the original design's card lists
+    them: the schema the pipeline applies, and the hash-pinned lock `pip install -r` takes."""
+    root = LMNH.parent
+    assert (root / "schema.sql").resolve() == LMNH / "schema.sql"
+    requirements = (root / "requirements.txt").read_text(encoding="utf-8")
+    assert requirements == (root / "requirements.lock").read_text(encoding="utf-8")
+    pinned = [line for line in requirements.splitlines() if "==" in line]
+    assert pinned, "no requirement in requirements.txt"
+    assert all(line.rstrip().endswith("\\") for line in pinned), "a requirement without --hash"

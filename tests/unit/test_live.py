@@ -1,8 +1,10 @@
 """The pure parts of the Safety page's "Now": its window on the museum's clock (across both
-clock changes), the filters, the ids a browser sends back, and the events' framing."""
+clock changes), the filters, the ids a browser sends back, the events' framing, what a stream
+says when the listener stops hearing, and the cap on streams."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, date, datetime, timedelta
 
@@ -11,7 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dashboard.filters import FilterError, Filters
-from dashboard.live import Window, announced_range, event, matches, parse_after
+from dashboard.live import (
+    LOST,
+    Resync,
+    Window,
+    _Forward,
+    _Slots,
+    announced_range,
+    event,
+    matches,
+    parse_after,
+)
 from lmnh.museum import LONDON, clock_from, closing_time, next_opening
 
 
@@ -148,3 +160,28 @@ def test_only_the_triggers_announcements_are_read() -> None:
 def test_any_notification_is_read_or_ignored(payload: str) -> None:
     announced = announced_range(payload)
     assert announced is None or 0 < announced[0] <= announced[1] < 2**63
+
+
+def test_a_lapse_is_said_and_the_next_connection_ends_the_forward() -> None:
+    """`LOST` becomes `stale` and the stream waits on; a Resync of the snapshot's own
+    connection is nothing new; a later one makes the stream read a fresh snapshot."""
+
+    async def forwarded() -> tuple[list[bytes], object]:
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        for signal in (LOST, Resync(1), Resync(2)):
+            queue.put_nowait(signal)
+        at = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
+        forward = _Forward(queue, Filters(at.date(), at.date()), lambda: at, 1, lambda: None)
+        return [chunk async for chunk in forward], forward.ended
+
+    chunks, ended = asyncio.run(forwarded())
+    assert chunks == [event("stale", {"error": "the live feed cannot hear the database"})]
+    assert isinstance(ended, Resync) and ended.generation == 2
+
+
+def test_streams_are_capped_and_their_slots_given_back() -> None:
+    slots = _Slots(2)
+    assert [slots.take() for _ in range(3)] == [True, True, False]
+    slots.give_back()
+    assert slots.take() is True
+    assert slots.take() is False

@@ -1,0 +1,1 @@
+lmnh/schema.sql
