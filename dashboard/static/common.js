@@ -36,5 +36,13 @@
     return `refreshes every ${REFRESH_CHOICES.find(([s]) => s === seconds)?.[1] || `${seconds} s`}`;
   }
 
-  window.lmnh = Object.freeze({ REFRESH_CHOICES, getJson, refreshSeconds, describeRefresh });
+  /* A Vega-Lite spec as a Vega view (SVG) in Vega's CSP-safe mode: expressions are kept as
+   * syntax trees and run by vega-interpreter, never compiled with `new Function`, which the
+   * pages' Content-Security-Policy forbids (no 'unsafe-eval'). */
+  function vegaView(spec, container) {
+    const runtime = vega.parse(vegaLite.compile(spec).spec, null, { ast: true });
+    return new vega.View(runtime, { renderer: "svg", container, hover: true, expr: vega.expressionInterpreter });
+  }
+
+  window.lmnh = Object.freeze({ REFRESH_CHOICES, getJson, refreshSeconds, describeRefresh, vegaView });
 })();

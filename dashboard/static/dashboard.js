@@ -14,7 +14,7 @@
   const FILTER_KEYS = ["from", "to", "days", "exhibition", "floor", "request", "hour_from", "hour_to"];
   const CHART_OPTIONS = { "requests-by-time-of-day": ["granularity"], "request-heatmap": ["heatmap"] };
   const PERIODS = [[1, "Today"], [7, "Last 7 days"], [30, "Last 30 days"], [90, "Last 90 days"], [365, "Last 12 months"], [730, "Last 2 years"]];
-  const { REFRESH_CHOICES, getJson, describeRefresh } = window.lmnh;
+  const { REFRESH_CHOICES, getJson, describeRefresh, vegaView } = window.lmnh;
   const LONDON = "Europe/London";
   const clock = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, hour: "2-digit", minute: "2-digit", second: "2-digit" });
   const dayAndTime = new Intl.DateTimeFormat("en-GB", { timeZone: LONDON, day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
@@ -423,11 +423,17 @@
       const tr = document.createElement("tr");
       const most = Math.max(...row.distribution, 1);
       const title = row.distribution.map((n, i) => `${ratingNames[i]}: ${number.format(n)} (${((100 * n) / row.ratings).toFixed(0)}%)`).join("\n");
-      const histogram = row.distribution.map((n, i) => `<div class="col"><span style="height:${Math.max(1, Math.round((100 * n) / most))}%"></span><b>${i}</b></div>`).join("");
+      const histogram = row.distribution.map((n, i) => `<div class="col"><span></span><b>${i}</b></div>`).join("");
       tr.innerHTML = `<td class="rank">${row.rank}</td><td><strong>${escapeHtml(row.public_id)}</strong> ${escapeHtml(row.exhibition_name)}</td>
         <td>${escapeHtml(row.floor_name)}</td><td class="num">${number.format(row.ratings)}</td>
-        <td><div class="avg"><strong>${row.average_rating.toFixed(2)}</strong><span class="bar"><span style="width:${(row.average_rating / 4) * 100}%"></span></span></div></td>
+        <td><div class="avg"><strong>${row.average_rating.toFixed(2)}</strong><span class="bar"><span></span></span></div></td>
         <td><div class="histogram" title="${escapeHtml(title)}" aria-label="${escapeHtml(title.replaceAll("\n", "; "))}">${histogram}</div></td>`;
+      // Sizes through the CSSOM: a style="" attribute in markup is inline style, which the
+      // pages' Content-Security-Policy blocks (style-src 'self').
+      tr.querySelector(".avg .bar > span").style.width = `${(row.average_rating / 4) * 100}%`;
+      tr.querySelectorAll(".histogram .col > span").forEach((bar, i) => {
+        bar.style.height = `${Math.max(1, Math.round((100 * row.distribution[i]) / most))}%`;
+      });
       body.append(tr);
     }
     table.append(body);
@@ -455,7 +461,7 @@
     existing?.view.finalize();
     const target = document.createElement("div");
     holder.replaceChildren(target);
-    const view = new vega.View(vega.parse(vegaLite.compile(spec).spec), { renderer: "svg", container: target, hover: true });
+    const view = vegaView(spec, target);
     views.set(name, { key, view });
     await view.runAsync();
   }

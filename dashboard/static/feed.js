@@ -11,7 +11,7 @@
   const DASHES = [[1, 0], [8, 4], [2, 3], [12, 3, 2, 3], [4, 4]];
   const DEFAULT_WINDOW = "24h";
   const WINDOW_LABELS = { "1h": "the last hour", "24h": "the last 24 hours", "7d": "the last 7 days" };
-  const { REFRESH_CHOICES, getJson, describeRefresh } = window.lmnh;
+  const { REFRESH_CHOICES, getJson, describeRefresh, vegaView } = window.lmnh;
   // The state's word and symbol carry it; the colour only repeats them.
   const STATES = {
     running: { symbol: "●", label: "Running" },
@@ -155,7 +155,7 @@
     existing?.view.finalize();
     const target = el("div", "chart");
     holder.replaceChildren(target);
-    const view = new vega.View(vega.parse(vegaLite.compile(chartSpec).spec), { renderer: "svg", container: target, hover: true });
+    const view = vegaView(chartSpec, target);
     views.set(name, { key, view, target });
     await view.runAsync();
   }

@@ -131,7 +131,9 @@ class Problems:
 
 def wait_for_cycle(page: sync_api.Page, after: int = 0) -> int:
     """Wait until the page has finished a load cycle later than `after`; return its number."""
-    page.wait_for_function(f"Number(document.body.dataset.loaded || 0) > {after}", timeout=20_000)
+    # A function, not an expression: the pages' policy forbids evaluating strings.
+    loaded = f"() => Number(document.body.dataset.loaded || 0) > {after}"
+    page.wait_for_function(loaded, timeout=20_000)
     return int(page.evaluate("document.body.dataset.loaded"))
 
 

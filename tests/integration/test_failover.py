@@ -174,7 +174,7 @@ class NowScreen:
         does: the test's assertion on its states then says so)."""
         with suppress(self.api.TimeoutError):
             self.page.wait_for_function(
-                "window.nowStates.at(-1)[0] !== 'live'", timeout=NOT_LIVE_WITHIN_MS
+                "() => window.nowStates.at(-1)[0] !== 'live'", timeout=NOT_LIVE_WITHIN_MS
             )
         self.shot("during")
 

@@ -175,7 +175,8 @@ def test_the_feed_renders_and_shows_hostile_messages_as_text(
         "script:not([src])",
     ):
         assert page.locator(injected).count() == 0, injected
-    assert page.locator("script").count() == 4  # vega, vega-lite, the pages' shared and its own
+    # vega, vega-lite, vega-interpreter, the pages' shared script and its own
+    assert page.locator("script").count() == 5
 
     # The window is in the URL; the charts follow it.
     page.select_option('select[name="window"]', "1h")
