@@ -28,7 +28,8 @@ fi
 # dashboard's browser test; podman, mmdebstrap and runc for the image and systemd tests
 # (tests/deploy/); prometheus (with promtool) for the alert rules' and the metrics' tests
 # (tests/deploy/test_prometheus.py); nftables for the silent-fault tests (dropped packets);
-# caddy for the dashboard behind its TLS proxy. Without them those tests are skipped, saying why.
+# caddy for the dashboard behind its TLS proxy; node for the identity provider. Without them those
+# tests are skipped, saying why.
 apt_missing=()
 command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
 for tool in podman mmdebstrap runc; do
@@ -37,6 +38,9 @@ done
 command -v promtool >/dev/null 2>&1 || apt_missing+=(prometheus)
 command -v nft >/dev/null 2>&1 || apt_missing+=(nftables)
 command -v caddy >/dev/null 2>&1 || apt_missing+=(caddy)
+# Node.js runs the local OpenID Connect provider (stack/identity) for the sign-in tests; its
+# npm packages are installed from their lock on first use.
+command -v npm >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "run_tests.sh: installing Debian's ${apt_missing[*]} for the browser, image, systemd and metrics tests"

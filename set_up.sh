@@ -37,6 +37,23 @@ step "Pipeline: validate and load up to 100,000 messages not yet loaded (invalid
 step "Monthly partitions: months ahead made, the history moved out of the DEFAULT partitions (what lmnh-maintain.timer does daily)"
 .venv/bin/python -m lmnh.schema maintain | tail -n 1
 
+step "A staff account to sign in with (local stack only, when there is none)"
+# The dashboard is for signed-in staff. On the local stack, an `admin` with every role is made
+# once, its password random and kept in .stack/admin-password (git-ignored, mode 0600).
+if .venv/bin/python -c 'from lmnh.cli import load_settings; import sys; sys.exit(0 if load_settings(None).database.local else 1)'; then
+  if [ -z "$(.venv/bin/python -m dashboard.accounts list)" ]; then
+    mkdir -p .stack
+    ( umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(15))' > .stack/admin-password )
+    .venv/bin/python -m dashboard.accounts add admin --name "Local admin" --role admin \
+      --role exhibitions --role security --role operations --password-stdin < .stack/admin-password
+  fi
+  if [ -f .stack/admin-password ]; then
+    echo "sign in as admin with the first password, $(cat .stack/admin-password) (change it: .venv/bin/lmnh-accounts set-password admin)"
+  fi
+else
+  echo "your own database: make staff accounts with .venv/bin/lmnh-accounts add (docs/dashboards.md)"
+fi
+
 cat <<'NEXT'
 
 Done. Next (in other terminals; the dashboard shows it live):
@@ -57,7 +74,7 @@ urls="http://127.0.0.1:8050/exhibitions, http://127.0.0.1:8050/safety and http:/
 answers() {
   .venv/bin/python -c 'import sys, urllib.request
 try:
-    urllib.request.urlopen("http://127.0.0.1:8050/api/meta", timeout=2)
+    urllib.request.urlopen("http://127.0.0.1:8050/healthz", timeout=2)
 except Exception:
     sys.exit(1)'
 }

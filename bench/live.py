@@ -64,6 +64,7 @@ from bench.machine import describe, git_state
 from bench.proxy import browser_home, running_proxy, throwaway_certificates
 from bench.proxy import unavailable as proxy_unavailable
 from bench.report import format_table, mib, percentile, thousands
+from dashboard.sessions import COOKIE, SECURE_COOKIE, session_without_sign_in
 from lmnh.cli import positive_int, positive_number, run
 from lmnh.config import DatabaseSettings, KafkaSettings
 from lmnh.database import connect
@@ -645,11 +646,15 @@ def _answers(url: str) -> bool:
         return False
 
 
-def server_now(url: str) -> tuple[datetime, float]:
-    """The dashboard server's clock from /api/meta, and the monotonic instant just after it
-    answered: a clock anchored there runs at most one request behind the server's, never
-    ahead of it (an emergency "from the future" might not be listed)."""
-    with urllib.request.urlopen(f"{url}/api/meta", timeout=10) as answer:  # noqa: S310 - local
+def server_now(url: str, token: str) -> tuple[datetime, float]:
+    """The dashboard server's clock from /api/meta (asked in the session of `token`), and the
+    monotonic instant just after it answered: a clock anchored there runs at most one request
+    behind the server's, never ahead of it (an emergency "from the future" might not be
+    listed)."""
+    request = urllib.request.Request(  # noqa: S310 - the local dashboard
+        f"{url}/api/meta", headers={"Cookie": f"{COOKIE}={token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - local
         meta = json.load(answer)
     return datetime.fromisoformat(meta["now"]), time.monotonic()
 
@@ -702,9 +707,12 @@ class Screens:
         with contextlib.suppress(Exception):  # the driver may be gone already after Ctrl-C
             self._stack.close()
 
-    def open(self, url: str) -> None:
-        """Load the Safety page in every context and wait until each Now panel is live."""
+    def open(self, url: str, token: str) -> None:
+        """Load the Safety page in every context, signed in with the session of `token`, and
+        wait until each Now panel is live."""
+        name = SECURE_COOKIE if url.startswith("https:") else COOKIE
         for page in self.pages:
+            page.context.add_cookies([{"name": name, "value": token, "url": url}])
             page.goto(url, wait_until="commit")
         for number, page in enumerate(self.pages):
             try:
@@ -929,12 +937,13 @@ def _run(live: LiveRun) -> None:
             running_dashboard(database, clock_start, scratch) as (url, dashboard),
             _front(url, scratch, args.proxy) as (page_url, home),
         ):
-            pretend, anchor = server_now(url)
+            token = session_without_sign_in(database, ["security"], "Benchmark", "bench")
+            pretend, anchor = server_now(url, token)
             clock = PretendClock(pretend, anchor)
             with Traffic(settings.kafka, topic, clock, args.rate, args.seed) as traffic:
                 progress(f"{thousands(args.rate)} msg/s of background traffic; opening the pages")
                 with Screens(args.browsers, home) as screens:
-                    screens.open(page_url + PAGE_PATH)
+                    screens.open(page_url + PAGE_PATH, token)
                     _measure(live, database, screens, traffic, dashboard)
         traffic.check_all_acked()
         progress(

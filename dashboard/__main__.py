@@ -13,6 +13,7 @@ import argparse
 import logging
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
@@ -98,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from dashboard.app import Limits, create_app
+        from dashboard.app import Limits, PageSettings, create_app
         from dashboard.live import MAX_STREAMS
     except ImportError as error:
         raise ConfigError(
@@ -118,8 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
     _check_database(settings.database)
     app = create_app(
         settings.database,
-        refresh_seconds=args.refresh_seconds,
-        stale_minutes=args.stale_minutes,
+        access=settings.access,
+        pages=PageSettings(args.refresh_seconds, args.stale_minutes),
         limits=Limits(args.pool_size, args.statement_timeout, args.max_streams or MAX_STREAMS),
         clock=args.clock_start and clock_from(args.clock_start),
     )
@@ -134,7 +135,12 @@ def _serve(args: argparse.Namespace) -> int:
         finish, and a stream to a wall screen never does by itself."""
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            app.state.listener.close()
+            # From a thread of its own: this runs on the main thread wherever the signal found
+            # it, possibly inside the listener's lock (a first browser subscribing), which the
+            # close takes too: closing here would wait on itself for ever.
+            threading.Thread(
+                target=app.state.listener.close, name="lmnh-dashboard-stop", daemon=True
+            ).start()
             super().handle_exit(sig, frame)
             # Stopped as asked: exit 0, as the pipeline does, rather than uvicorn raising the
             # signal again once stopped (130, or killed by SIGTERM, by how the shell started us).

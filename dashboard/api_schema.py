@@ -108,6 +108,35 @@ class NowBody(BaseModel):
 
 # Never cache data: a wall screen must see what the database holds now.
 NO_STORE = {"Cache-Control": "no-store"}
-UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "The database is down, busy or refusing us."}
+# What every staff endpoint may answer besides its own: the sign-in and role checks run
+# before it (dashboard.access), and the database may be away.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No signed-in session: sign in at /signin."},
+    403: {
+        "model": ErrorBody,
+        "description": "Not for the signed-in member of staff's roles, or a POST without the"
+        " session's X-CSRF-Token.",
+    },
+    503: {"model": ErrorBody, "description": "The database is down, busy or refusing us."},
 }
+
+
+class MeBody(BaseModel):
+    """The signed-in member of staff."""
+
+    username: str
+    name: str = Field(description="As colleagues see it, e.g. on an incident taken.")
+    roles: list[Literal["exhibitions", "security", "operations", "admin"]]
+    csrf_token: str = Field(description="Send as X-CSRF-Token with every POST.")
+    home: str | None = Field(description="The page this person lands on after signing in.")
+
+
+class AccountBody(BaseModel):
+    username: str
+    name: str
+    roles: list[Literal["exhibitions", "security", "operations", "admin"]]
+    disabled: bool
+
+
+class AccountsBody(BaseModel):
+    accounts: list[AccountBody]

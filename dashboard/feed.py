@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from dashboard import feed_queries
-from dashboard.api_schema import NO_STORE, UNAVAILABLE, ErrorBody
+from dashboard.api_schema import COMMON_ERRORS, NO_STORE, ErrorBody
 from dashboard.feed_queries import Exhibition, PartitionLoad, RejectedRow, Span, Unit
 from dashboard.filters import FilterError, show_value
 from dashboard.pool import ConnectionPool
@@ -656,7 +656,7 @@ class PipelineBody(BaseModel):
 
 _BAD_QUERY: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The query cannot be read; `problems` lists all."},
-    **UNAVAILABLE,
+    **COMMON_ERRORS,
 }
 
 

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from functools import partial
 from itertools import count
 from time import monotonic
 from typing import Any
@@ -38,7 +39,8 @@ from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
 from starlette.types import Receive, Scope, Send
 
-from dashboard.api_schema import NO_STORE, UNAVAILABLE, ErrorBody, NowBody
+from dashboard.access import session_token
+from dashboard.api_schema import COMMON_ERRORS, NO_STORE, ErrorBody, NowBody
 from dashboard.filters import (
     NOW_FILTER_NAMES,
     FilterError,
@@ -47,6 +49,7 @@ from dashboard.filters import (
     parse_filters,
 )
 from dashboard.pool import ConnectionPool, Unavailable
+from dashboard.sessions import Sessions
 from lmnh import backoff
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect, sever
@@ -61,6 +64,9 @@ LISTEN_WAIT_S = 3.0  # how long a stream waits for the listener before its snaps
 PROBE_EVERY_S = 2.0  # how often the listener proves that its connection hears
 HEARD_WITHIN_S = 5.0  # its own probe unheard for longer: the connection is dead, and severed
 TICK_S = 3.0  # a stream's heartbeat: the server's clock and the age of the listener's proof
+# How often an open stream asks whether its viewer is still signed in: a wall screen's stream
+# outlives no sign-out, disabled account or expiry by more than this.
+SESSION_CHECK_S = 30.0
 RETRY_MS = 3000  # how soon a browser reconnects after the stream ends
 RETRY_AFTER_S = 10  # what a browser refused for too many streams is told to wait
 MAX_STREAMS = 200  # open streams per server: each holds a socket, a queue and a task
@@ -114,6 +120,7 @@ class Resync(Signal):
 
 BEHIND = Signal("behind")  # more than a browser should take one by one: read a snapshot
 CLOSING = Signal("closing")  # the server is stopping
+SIGNED_OUT = Signal("signed out")  # the viewer's session has ended: the stream ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,18 +432,29 @@ def _offer(queue: asyncio.Queue[Any], batch: list[object]) -> None:
             return
 
 
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """One browser's stream: the requests its filters take, the last request id it saw, and
+    whether the session of the member of staff watching goes on."""
+
+    filters: Filters
+    after: int | None = None
+    signed_in: Callable[[], bool] = lambda: True
+
+
 async def stream(
     listener: RequestListener,
     pool: ConnectionPool,
-    filters: Filters,
-    after: int | None,
+    viewer: Viewer,
     clock: Callable[[], datetime],
 ) -> AsyncIterator[bytes]:
-    """One browser's events: a snapshot (with the ids above `after` it had not seen), then each
-    request its filters and the window take, and a tick every `TICK_S`. Snapshots and ticks
-    carry `heard`, the age of the listener's proof that it hears (null: it does not); `stale`
-    when that proof lapses, and a fresh snapshot once it hears again; `offline` and the end
-    when no snapshot can be read, so that the browser reconnects."""
+    """One browser's events: a snapshot (with the ids above `viewer.after` it had not seen),
+    then each request its filters and the window take, and a tick every `TICK_S`. Snapshots
+    and ticks carry `heard`, the age of the listener's proof that it hears (null: it does
+    not); `stale` when that proof lapses, and a fresh snapshot once it hears again; `offline`
+    and the end when no snapshot can be read, so that the browser reconnects; `signed-out` and
+    the end once `viewer.signed_in` (asked every `SESSION_CHECK_S`) says it has ended."""
+    filters, after = viewer.filters, viewer.after
     queue = listener.subscribe()  # before the snapshot: nothing falls between the two
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
@@ -455,10 +473,10 @@ async def stream(
             body["heard"] = heard
             last = max([*ids, after or 0]) or None
             yield event("snapshot", body, last)
-            forward = _Forward(queue, filters, clock, generation, listener.heard_age)
+            forward = _Forward(queue, viewer, clock, generation, listener.heard_age)
             async for chunk in forward:
                 yield chunk
-            if forward.ended is CLOSING:
+            if forward.ended in (CLOSING, SIGNED_OUT):
                 return
             after = forward.last_id or last  # Resync or BEHIND: start again from a snapshot
     finally:
@@ -472,17 +490,19 @@ class _Forward:
     def __init__(
         self,
         queue: asyncio.Queue[Any],
-        filters: Filters,
+        viewer: Viewer,
         clock: Callable[[], datetime],
         generation: int,
         heard: Callable[[], float | None],
     ) -> None:
         self._queue = queue
-        self._filters = filters
+        self._filters = viewer.filters
+        self._signed_in = viewer.signed_in
         self._clock = clock
         self._generation = generation  # the listener's, when the snapshot was read
         self._heard = heard
         self._tick_due = monotonic() + TICK_S
+        self._session_check_due = monotonic() + SESSION_CHECK_S
         self.ended: Signal | None = None
         self.last_id: int | None = None
 
@@ -490,6 +510,8 @@ class _Forward:
         return self
 
     async def __anext__(self) -> bytes:
+        if self.ended is SIGNED_OUT:  # its event was the last
+            raise StopAsyncIteration
         while True:
             # A tick every TICK_S whatever else is sent: the page counts the proof's age by it.
             left = self._tick_due - monotonic()
@@ -497,6 +519,11 @@ class _Forward:
                 item = await asyncio.wait_for(self._queue.get(), max(left, 0.0))
             except TimeoutError:
                 self._tick_due = monotonic() + TICK_S
+                if monotonic() >= self._session_check_due:
+                    self._session_check_due = monotonic() + SESSION_CHECK_S
+                    if not await anyio.to_thread.run_sync(self._signed_in):
+                        self.ended = SIGNED_OUT
+                        return event("signed-out", {"error": "the session has ended"})
                 return event("tick", {"now": self._clock().isoformat(), "heard": self._heard()})
             if isinstance(item, Resync) and item.generation <= self._generation:
                 continue  # the snapshot already holds what this one would re-read
@@ -551,6 +578,7 @@ def routes(
     listener: RequestListener,
     pool: ConnectionPool,
     clock: Callable[[], datetime],
+    sessions: Sessions,
     *,
     max_streams: int = MAX_STREAMS,
 ) -> APIRouter:
@@ -564,7 +592,7 @@ def routes(
         description="What the Safety page's Now panel holds: today's emergencies (London's"
         " day) and the assistance requests of the last hour, newest first, at most"
         f" {MOST_SHOWN}. /api/now/stream pushes the same as Server-Sent Events.",
-        responses={200: {"model": NowBody}, 400: {"model": ErrorBody}, **UNAVAILABLE},
+        responses={200: {"model": NowBody}, 400: {"model": ErrorBody}, **COMMON_ERRORS},
         openapi_extra={"parameters": openapi_parameters(NOW_FILTER_NAMES)},
     )
     def now_requests(request: Request) -> Response:
@@ -590,9 +618,20 @@ def routes(
                 status_code=503,
                 headers={**NO_STORE, "Retry-After": str(RETRY_AFTER_S)},
             )
-        return _HeldStream(stream(listener, pool, filters, after_id, clock), slots)
+        signed_in = partial(still_signed_in, sessions, session_token(request))
+        viewer = Viewer(filters, after_id, signed_in)
+        return _HeldStream(stream(listener, pool, viewer, clock), slots)
 
     return router
+
+
+def still_signed_in(sessions: Sessions, token: str) -> bool:
+    """Whether the session of `token` goes on; yes while the database cannot say (an outage
+    must not sign a control room out: the stream says it is offline instead)."""
+    try:
+        return sessions.find(token) is not None
+    except Unavailable:
+        return True
 
 
 def parse_after(seen: str | None) -> int | None:

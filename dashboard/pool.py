@@ -94,8 +94,10 @@ class ConnectionPool:
         self._watchdog = _Watchdog()
 
     @contextmanager
-    def cursor(self) -> Iterator[Cursor]:
-        """A cursor on a pooled connection, for at most the statement timeout plus `GRACE_S`.
+    def cursor(self, *, write: bool = False) -> Iterator[Cursor]:
+        """A cursor on a pooled connection, for at most the statement timeout plus `GRACE_S`;
+        with `write`, in one read-write transaction committed at the end of the block (the
+        staff's sessions are the only thing the dashboard writes).
 
         Raises `Unavailable` (a `TransientError`) for anything that waiting may heal, and
         `ValueRefused` when the database refuses a value of the query.
@@ -105,7 +107,11 @@ class ConnectionPool:
         self._watchdog.arm(pooled, self._statement_timeout_s + GRACE_S)
         try:
             with pooled.conn.cursor() as cur:
+                if write:
+                    cur.execute("BEGIN READ WRITE")
                 yield cur
+                if write:
+                    cur.execute("COMMIT")
             healthy = True
         except psycopg2.DataError as error:
             raise ValueRefused(f"the database refused a value: {_first_line(error)}") from None

@@ -473,3 +473,34 @@ SELECT (SELECT max(event_at) FROM rating_interaction) AS latest_rating_at,
        greatest((SELECT max(event_at) FROM rating_interaction),
                 (SELECT max(event_at) FROM request_interaction)) AS latest_interaction_at,
        (SELECT max(updated_at) FROM kafka_offset) AS last_loaded_at;
+
+-- Staff ---------------------------------------------------------------------------------------
+-- An account signs in with its username and password (argon2id; the hash alone is stored).
+-- Its roles say which pages it may open: exhibitions, security, operations, admin.
+CREATE TABLE IF NOT EXISTS staff_account (
+    account_id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    username text NOT NULL UNIQUE CHECK (username ~ '^[a-z0-9][a-z0-9._@-]{0,99}$'),
+    display_name text NOT NULL CHECK (length(display_name) BETWEEN 1 AND 200),
+    roles text[] NOT NULL DEFAULT '{}'
+        CHECK (roles <@ ARRAY['exhibitions', 'security', 'operations', 'admin']),
+    password_hash text NOT NULL CHECK (password_hash LIKE '$argon2id$%'),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    disabled_at timestamptz
+);
+
+-- A session is found by the SHA-256 of its cookie's token, so that a copy of this table hands
+-- out no session. A local account's session takes the account's roles as they are now (a
+-- changed role or a disabled account counts at the next request); one signed in through the
+-- identity provider keeps the roles its groups gave at sign-in, until it expires.
+CREATE TABLE IF NOT EXISTS staff_session (
+    token_sha256 bytea PRIMARY KEY CHECK (length(token_sha256) = 32),
+    account_id integer REFERENCES staff_account ON DELETE CASCADE,
+    username text NOT NULL,
+    display_name text NOT NULL,
+    roles text[] NOT NULL,
+    csrf_token text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_seen_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS staff_session_expires_at ON staff_session (expires_at);

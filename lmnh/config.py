@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -65,6 +66,23 @@ RETENTION_VARIABLES = (
     "RETENTION_LOAD_MINUTE_DAYS",
     "PARTITION_MONTHS_AHEAD",
 )
+# The dashboard's staff roles, and its sign-in: how long a staff session lasts, the scrape
+# token of /metrics, and the museum's identity provider (OpenID Connect) with the groups that
+# give each role.
+STAFF_ROLES = ("exhibitions", "security", "operations", "admin")
+ACCESS_VARIABLES = (
+    "DASHBOARD_SESSION_IDLE_MINUTES",
+    "DASHBOARD_SESSION_HOURS",
+    "DASHBOARD_METRICS_TOKEN",
+    "OIDC_ISSUER",
+    "OIDC_CLIENT_ID",
+    "OIDC_CLIENT_SECRET",
+    "OIDC_PROVIDER_NAME",
+    "OIDC_SCOPES",
+    "OIDC_GROUPS_CLAIM",
+    *(f"OIDC_GROUPS_{role.upper()}" for role in STAFF_ROLES),
+)
+METRICS_TOKEN_MIN = 32
 VARIABLES = frozenset(
     {
         *KAFKA_VARIABLES,
@@ -75,6 +93,7 @@ VARIABLES = frozenset(
         "KAFKA_PARTITIONS",
         "KAFKA_SOCKET_TIMEOUT_MS",
         *RETENTION_VARIABLES,
+        *ACCESS_VARIABLES,
     }
 )
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -171,11 +190,40 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityProvider:
+    """The museum's OpenID Connect provider, where staff sign in with their own identity: its
+    issuer (discovery at issuer + /.well-known/openid-configuration), the dashboard's client
+    registration, the scopes asked for, the claim that lists a person's groups, and which
+    groups give which role."""
+
+    issuer: str
+    client_id: str
+    client_secret: Secret
+    name: str = "the museum's sign-in"
+    scopes: str = "openid profile email"
+    groups_claim: str = "groups"
+    role_groups: tuple[tuple[str, frozenset[str]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """Who may use the dashboard: how long a staff session lasts without a request and at
+    most (a shift), the token that lets Prometheus scrape /metrics without a session, and the
+    identity provider, if staff sign in through one (local accounts work either way)."""
+
+    session_idle_minutes: int = 30
+    session_hours: int = 12
+    metrics_token: Secret | None = None
+    identity_provider: IdentityProvider | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     kafka: KafkaSettings
     database: DatabaseSettings
     topic_partitions: int
     retention: RetentionSettings = RetentionSettings()
+    access: AccessSettings = AccessSettings()
 
 
 def read_environment(env_file: Path | None = None) -> dict[str, str]:
@@ -289,17 +337,86 @@ def load_config(env: Mapping[str, str]) -> Settings:
         liveness=liveness,
     )
     partitions = integer("KAFKA_PARTITIONS", 6, 1, 1000)
+    retention = _retention(integer)
+    access = _access(get, integer, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        kafka=kafka,
+        database=database,
+        topic_partitions=partitions,
+        retention=retention,
+        access=access,
+    )
+
+
+def _retention(integer: Callable[[str, int, int, int], int]) -> RetentionSettings:
     kept = RetentionSettings()
-    retention = RetentionSettings(
+    return RetentionSettings(
         rejected_days=integer("RETENTION_REJECTED_DAYS", kept.rejected_days, 1, 36_500),
         load_minute_days=integer("RETENTION_LOAD_MINUTE_DAYS", kept.load_minute_days, 1, 36_500),
         months_ahead=integer("PARTITION_MONTHS_AHEAD", kept.months_ahead, 0, 120),
     )
-    if problems:
-        raise ConfigError(problems)
-    return Settings(
-        kafka=kafka, database=database, topic_partitions=partitions, retention=retention
+
+
+def _access(
+    get: Callable[[str], str | None],
+    integer: Callable[[str, int, int, int], int],
+    problems: list[str],
+) -> AccessSettings:
+    """DASHBOARD_* and OIDC_*: the dashboard's sign-in."""
+    metrics_token = get("DASHBOARD_METRICS_TOKEN")
+    if metrics_token is not None and len(metrics_token) < METRICS_TOKEN_MIN:
+        problems.append(
+            f"DASHBOARD_METRICS_TOKEN has {len(metrics_token)} characters; use at least"
+            f" {METRICS_TOKEN_MIN} random ones (e.g. `openssl rand -hex 32`)"
+        )
+        metrics_token = None
+    usual = AccessSettings()
+    return AccessSettings(
+        session_idle_minutes=integer(
+            "DASHBOARD_SESSION_IDLE_MINUTES", usual.session_idle_minutes, 1, 24 * 60
+        ),
+        session_hours=integer("DASHBOARD_SESSION_HOURS", usual.session_hours, 1, 7 * 24),
+        metrics_token=Secret(metrics_token) if metrics_token else None,
+        identity_provider=_identity_provider(get, problems),
     )
+
+
+def _identity_provider(
+    get: Callable[[str], str | None], problems: list[str]
+) -> IdentityProvider | None:
+    """OIDC_*: all three of issuer, client id and secret, or none (local accounts only)."""
+    issuer, client_id = get("OIDC_ISSUER"), get("OIDC_CLIENT_ID")
+    secret = get("OIDC_CLIENT_SECRET")
+    if issuer is None and client_id is None and secret is None:
+        return None
+    if issuer is None or client_id is None or secret is None:
+        problems.append("OIDC_ISSUER, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET go together")
+        return None
+    parts = urlsplit(issuer)
+    local = parts.hostname is not None and _on_this_machine(parts.hostname)
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        problems.append(f"OIDC_ISSUER={issuer!r} must be an https:// URL")
+        return None
+    role_groups = tuple(
+        (role, frozenset(_names(get(f"OIDC_GROUPS_{role.upper()}")))) for role in STAFF_ROLES
+    )
+    usual = IdentityProvider(issuer, client_id, Secret(secret))
+    return IdentityProvider(
+        issuer=issuer.rstrip("/"),
+        client_id=client_id,
+        client_secret=Secret(secret),
+        name=get("OIDC_PROVIDER_NAME") or usual.name,
+        scopes=get("OIDC_SCOPES") or usual.scopes,
+        groups_claim=get("OIDC_GROUPS_CLAIM") or usual.groups_claim,
+        role_groups=role_groups,
+    )
+
+
+def _names(listed: str | None) -> list[str]:
+    """A comma-separated list, each name stripped, empty ones dropped."""
+    return [name.strip() for name in (listed or "").split(",") if name.strip()]
 
 
 def _ports(

@@ -1,15 +1,17 @@
 -- Least-privilege roles, applied last by lmnh.database.apply_schema: after schema.sql and any
 -- extension applied with it (dashboard/views.sql, when `python -m stack schema` applies the
--- schema), so that the grants cover what they made. Both are group roles (NOLOGIN); give them
+-- schema), so that the grants cover what they made. All are group roles (NOLOGIN); give them
 -- to login users, for example:
 --   CREATE ROLE etl LOGIN PASSWORD '...' IN ROLE lmnh_pipeline;
---   CREATE ROLE wallboard LOGIN PASSWORD '...' IN ROLE lmnh_reader CONNECTION LIMIT 20;
+--   CREATE ROLE wallboard LOGIN PASSWORD '...' IN ROLE lmnh_dashboard CONNECTION LIMIT 20;
 -- lmnh_pipeline may read the reference tables and add facts, rejects and offsets; it can
 -- neither delete nor change what is stored, nor touch the reference data. lmnh_reprocess
 -- (`lmnh-reprocess`) may do what lmnh_pipeline does and also read, update the reason of and
--- delete rejects: it moves those that now pass into the fact tables. lmnh_reader (the
--- dashboard, BI tools) may only read. Creating roles needs CREATEROLE: a user without it (as on
--- some managed databases) gets a notice and the rest of the schema is applied all the same.
+-- delete rejects: it moves those that now pass into the fact tables. lmnh_reader (BI tools) may
+-- only read, and reads neither staff accounts nor sessions. lmnh_dashboard (the dashboard)
+-- reads what lmnh_reader reads and the accounts, and keeps the sessions. Creating roles needs
+-- CREATEROLE: a user without it (as on some managed databases) gets a notice and the rest of
+-- the schema is applied all the same.
 
 DO $$
 BEGIN
@@ -22,9 +24,12 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_reprocess') THEN
         CREATE ROLE lmnh_reprocess NOLOGIN IN ROLE lmnh_pipeline;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_dashboard') THEN
+        CREATE ROLE lmnh_dashboard NOLOGIN IN ROLE lmnh_reader;
+    END IF;
 EXCEPTION
     WHEN insufficient_privilege THEN
-        RAISE NOTICE 'roles lmnh_pipeline, lmnh_reader and lmnh_reprocess not created: %',
+        RAISE NOTICE 'roles lmnh_pipeline, lmnh_reader, lmnh_reprocess and lmnh_dashboard not created: %',
             SQLERRM;
     WHEN duplicate_object OR unique_violation THEN
         NULL;  -- another session created them at the same moment
@@ -56,6 +61,11 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_reader') THEN
         GRANT SELECT ON ALL TABLES IN SCHEMA public TO lmnh_reader;
+        REVOKE ALL ON staff_account, staff_session FROM lmnh_reader;
+    END IF;
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'lmnh_dashboard') THEN
+        GRANT SELECT ON staff_account TO lmnh_dashboard;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON staff_session TO lmnh_dashboard;
     END IF;
 END $$;
 

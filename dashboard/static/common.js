@@ -19,9 +19,44 @@
     } catch (error) {
       body = null;
     }
+    if (response.status === 401) signIn();
     if (!response.ok) throw new Error(body?.error || `the server answered ${response.status}`);
     return body;
   }
+
+  /* The session has ended (signed out elsewhere, expired, account disabled): to the sign-in
+   * page, and back here after it. */
+  function signIn() {
+    if (signingOut) return; // the sign-out goes to the sign-in page itself
+    location.assign(`/signin?next=${encodeURIComponent(location.pathname + location.search)}`);
+  }
+  let signingOut = false;
+
+  /* Who is signed in, once per page: their name and a sign-out button in the header, and the
+   * links to pages their roles do not open hidden. Resolves to /api/me's answer (its
+   * csrf_token goes with every POST). */
+  const staff = getJson("/api/me").then((me) => {
+    const NAV_ROLE = { "/exhibitions": "exhibitions", "/safety": "security", "/feed": "operations" };
+    for (const link of document.querySelectorAll("nav a[data-nav]")) {
+      const role = NAV_ROLE[link.getAttribute("href")];
+      if (role && !me.roles.includes(role)) link.hidden = true;
+    }
+    const holder = document.getElementById("staff");
+    if (holder) {
+      const name = document.createElement("span");
+      name.textContent = me.name;
+      const out = document.createElement("button");
+      out.type = "button";
+      out.textContent = "Sign out";
+      out.addEventListener("click", async () => {
+        signingOut = true; // a refresh refused meanwhile must not race it to the sign-in page
+        await fetch("/signout", { method: "POST", headers: { "X-CSRF-Token": me.csrf_token } });
+        location.assign("/signin");
+      });
+      holder.replaceChildren(name, out);
+    }
+    return me;
+  });
 
   /* Seconds between reloads, 0 for off; `serverDefault` until the server has said (null). */
   function refreshSeconds(serverDefault) {
@@ -44,5 +79,5 @@
     return new vega.View(runtime, { renderer: "svg", container, hover: true, expr: vega.expressionInterpreter });
   }
 
-  window.lmnh = Object.freeze({ REFRESH_CHOICES, getJson, refreshSeconds, describeRefresh, vegaView });
+  window.lmnh = Object.freeze({ REFRESH_CHOICES, getJson, refreshSeconds, describeRefresh, vegaView, staff, signIn });
 })();

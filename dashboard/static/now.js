@@ -327,6 +327,7 @@
       goStale(body.error);
     });
     on("offline", (body) => goOffline(body.error));
+    on("signed-out", () => window.lmnh.signIn());
     current.addEventListener("error", () => {
       if (current !== source) return;
       if (current.readyState === EventSource.CLOSED) closedAt = performance.now();

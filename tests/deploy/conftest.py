@@ -9,15 +9,19 @@ not installed); ./run_tests.sh installs them as root.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
+import re
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from dashboard.sessions import COOKIE
 from lmnh.config import Settings
 from tests.deploy import images
 from tests.integration.conftest import (
@@ -97,10 +101,31 @@ def free_port() -> int:
         return port
 
 
-def get_json(url: str) -> tuple[int, Any]:
-    """The status and JSON body of a GET; (0, None) when nothing answers."""
+# The member of staff the deploy tests make with the deployed `lmnh-accounts`, and sign in as.
+STAFF, STAFF_PASSWORD = "deploy.check", "a deploy rehearsal passphrase"
+
+
+def sign_in(base: str) -> str:
+    """Sign in as STAFF through the dashboard's own form at `base`, as a browser does; the
+    Cookie header of the session it gives."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(f"{base}/signin", timeout=10) as form:
+        token = re.search(r'name="csrf" value="([^"]+)"', form.read().decode())
+    assert token, "no sign-in form"
+    fields = {"csrf": token.group(1), "username": STAFF, "password": STAFF_PASSWORD}
+    with opener.open(f"{base}/signin", urllib.parse.urlencode(fields).encode(), timeout=10):
+        pass
+    [session] = [c for c in jar if c.name == COOKIE]
+    return f"{COOKIE}={session.value}"
+
+
+def get_json(url: str, cookie: str = "") -> tuple[int, Any]:
+    """The status and JSON body of a GET (with `cookie`, signed in); (0, None) when nothing
+    answers."""
+    request = urllib.request.Request(url, headers={"Cookie": cookie} if cookie else {})  # noqa: S310
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - local http
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - local http
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")

@@ -92,10 +92,19 @@ def unavailable() -> str | None:
 
 
 def podman(
-    *args: str, timeout: float = 600, check: bool = True, capture: bool = True
+    *args: str,
+    timeout: float = 600,
+    check: bool = True,
+    capture: bool = True,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [*PODMAN, *args], capture_output=capture, text=True, timeout=timeout, check=False
+        [*PODMAN, *args],
+        capture_output=capture,
+        text=True,
+        timeout=timeout,
+        check=False,
+        input=stdin,
     )
     if check and result.returncode != 0:
         raise RuntimeError(

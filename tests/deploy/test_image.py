@@ -17,7 +17,14 @@ import pytest
 
 from lmnh.config import VARIABLES
 from tests.deploy import images
-from tests.deploy.conftest import container_env, free_port, get_json
+from tests.deploy.conftest import (
+    STAFF,
+    STAFF_PASSWORD,
+    container_env,
+    free_port,
+    get_json,
+    sign_in,
+)
 from tests.integration.support import (
     ROOT,
     Target,
@@ -232,12 +239,36 @@ def test_deploy_rehearsal(project_image: str, bare_target: Target, containers: l
     target.wait_until_loaded(report["sent"], timeout_s=120)
     assert_exactly_once(target, report)
 
-    api = f"http://127.0.0.1:{dashboard_port}/api"
-    wait_until(lambda: get_json(f"{api}/meta")[0] == 200, 60, "the dashboard answers", 0.5)
-    _, meta = get_json(f"{api}/meta")
+    # The first account, as the operator makes it: the image's own lmnh-accounts.
+    added = images.podman(
+        "run",
+        "--rm",
+        "-i",
+        *images.LIMITS,
+        "--network=host",
+        *[arg for key, value in env.items() for arg in ("-e", f"{key}={value}")],
+        project_image,
+        "lmnh-accounts",
+        "add",
+        STAFF,
+        "--name",
+        "Deploy check",
+        "--role",
+        "exhibitions",
+        "--password-stdin",
+        check=False,
+        timeout=120,
+        stdin=f"{STAFF_PASSWORD}\n",
+    )
+    assert added.returncode == 0, added.stderr
+    base = f"http://127.0.0.1:{dashboard_port}"
+    api = f"{base}/api"
+    wait_until(lambda: get_json(f"{base}/healthz")[0] == 200, 60, "the dashboard answers", 0.5)
+    cookie = sign_in(base)
+    _, meta = get_json(f"{api}/meta", cookie)
     assert meta["freshness"]["latest_interaction_at"] is not None
     assert {e["public_id"] for e in meta["exhibitions"]} >= set(report["ratings"])
-    status, chart = get_json(f"{api}/charts/popularity?from=2026-01-01&to=2026-12-31")
+    status, chart = get_json(f"{api}/charts/popularity?from=2026-01-01&to=2026-12-31", cookie)
     assert status == 200, chart
     ratings: Counter[str] = Counter()
     requests: Counter[str] = Counter()

@@ -28,7 +28,14 @@ import pytest
 from bench.proxy import throwaway_certificates
 from bench.proxy import unavailable as proxy_unavailable
 from tests.deploy import images
-from tests.deploy.conftest import container_env, free_port, get_json
+from tests.deploy.conftest import (
+    STAFF,
+    STAFF_PASSWORD,
+    container_env,
+    free_port,
+    get_json,
+    sign_in,
+)
 from tests.integration.support import (
     Target,
     assert_exactly_once,
@@ -339,11 +346,22 @@ def dashboard_serves_the_data(machine: Systemd, etc_lmnh: Path) -> None:
     port = free_port()
     machine.drop_in("lmnh-dashboard.service", "--port", str(port))
     machine.run("systemctl", "start", "lmnh-dashboard.service")
-    url = f"http://127.0.0.1:{port}/api/meta"
-    wait_until(lambda: get_json(url)[0] == 200, 60, "the dashboard's unit answers", 0.5)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(
+        lambda: get_json(f"{base}/healthz")[0] == 200, 60, "the dashboard's unit answers", 0.5
+    )
+    # The first account, made on the host as docs/deploy.md says, with the installed command.
+    machine.run(
+        "sh",
+        "-c",
+        f"echo '{STAFF_PASSWORD}' | /opt/lmnh/venv/bin/lmnh-accounts --env-file /etc/lmnh/lmnh.env"
+        f" add {STAFF} --name 'Deploy check' --role operations --password-stdin",
+    )
+    status, meta = get_json(f"{base}/api/meta", sign_in(base))
     # The batches it stored, not an interaction: when the museum is closed the live kiosks'
     # messages are all out of hours, stored as rejected.
-    assert get_json(url)[1]["freshness"]["last_loaded_at"] is not None
+    assert status == 200, meta
+    assert meta["freshness"]["last_loaded_at"] is not None
     if proxy_unavailable() is None:
         proxy_serves_the_dashboard(machine, etc_lmnh, port)
     machine.run("systemctl", "stop", "lmnh-dashboard.service")
@@ -390,7 +408,7 @@ def proxy_serves_the_dashboard(machine: Systemd, etc_lmnh: Path, dashboard_port:
             return False
 
     wait_until(answers, 30, "the proxy's unit answers over HTTPS", 0.2)
-    with urllib.request.urlopen(f"{site}/api/meta", timeout=10, context=context) as answer:  # noqa: S310
+    with urllib.request.urlopen(f"{site}/healthz", timeout=10, context=context) as answer:  # noqa: S310
         assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
     plain = f"http://localhost:{http_port}/safety"
     with pytest.raises(urllib.error.HTTPError) as redirect:

@@ -20,6 +20,8 @@ import pytest
 from psycopg2 import sql
 from psycopg2.extensions import cursor as Cursor
 
+from dashboard.accounts import ROLES
+from dashboard.sessions import COOKIE, SECURE_COOKIE, session_without_sign_in
 from lmnh.config import DatabaseSettings, Settings
 from lmnh.database import connect, drop_database
 from lmnh.museum import LONDON
@@ -125,15 +127,44 @@ def latest_eleven(now: datetime) -> datetime:
     return eleven if eleven <= now else eleven - timedelta(days=1)
 
 
+def staff_session(
+    database: DatabaseSettings, roles: Sequence[str] = ROLES, name: str = "Test Staff"
+) -> str:
+    """A signed-in session's token for a member of staff with `roles`."""
+    return session_without_sign_in(database, roles, name, f"staff.{uuid.uuid4().hex[:8]}")
+
+
+def staff_cookies(database: DatabaseSettings, roles: Sequence[str] = ROLES) -> dict[str, str]:
+    """The cookies of a signed-in browser (plain HTTP), for an in-process client."""
+    return {COOKIE: staff_session(database, roles)}
+
+
 @dataclass(frozen=True)
 class Dashboard:
     host: str
     port: int
     process: subprocess.Popen[str]
+    token: str = ""  # a signed-in session with every role, on the dashboard's database
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a browser signed in with every role sends."""
+        return {"Cookie": f"{COOKIE}={self.token}"}
+
+    def request(self, path: str) -> urllib.request.Request:
+        """A GET of `path` as the signed-in member of staff."""
+        return urllib.request.Request(f"{self.url}{path}", headers=self.headers)  # noqa: S310
+
+
+def sign_in_browser(context: Any, url: str, token: str) -> None:
+    """Give a Playwright browser context the session cookie of `token` for the dashboard at
+    `url`: its pages then open as after a sign-in (over HTTPS, the cookie's secure name)."""
+    name = SECURE_COOKIE if url.startswith("https:") else COOKIE
+    context.add_cookies([{"name": name, "value": token, "url": url}])
 
 
 @contextmanager
@@ -157,7 +188,7 @@ def dashboard_process(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    dashboard = Dashboard("127.0.0.1", port, process)
+    dashboard = Dashboard("127.0.0.1", port, process, staff_session(database))
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -174,9 +205,15 @@ def dashboard_process(
     finally:
         if process.poll() is None:
             process.terminate()
-        process.wait(timeout=10)
-        if process.stdout:
-            process.stdout.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()  # and its pipe closed below: a hung server fails its own test only
+            process.wait()
+            pytest.fail("the dashboard did not stop within 10 s of SIGTERM")
+        finally:
+            if process.stdout:
+                process.stdout.close()
 
 
 _DETAIL = "public_id, exhibition_name, floor_name, department_name"

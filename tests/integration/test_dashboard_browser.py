@@ -23,6 +23,7 @@ from tests.integration.dashboard_support import (
     dashboard_db,
     dashboard_process,
     latest_eleven,
+    sign_in_browser,
     store,
 )
 from tests.integration.support import Target
@@ -54,13 +55,14 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the de
 
 
 @pytest.fixture
-def server(dashboard_db: DatabaseSettings) -> Iterator[str]:
+def server(dashboard_db: DatabaseSettings, browser: sync_api.BrowserContext) -> Iterator[str]:
     """The dashboard over 30 days of generated history, plus a rating a minute old so that the
     data is fresh; its clock inside opening hours, so that the museum is open at any hour."""
     fill(dashboard_db, 20_000, 30)
     opened = latest_eleven(datetime.now(UTC))
     store(dashboard_db, [("EXH_02", 2, (opened - timedelta(minutes=1)).isoformat())])
     with dashboard_process(dashboard_db, "--clock-start", opened.isoformat()) as dashboard:
+        sign_in_browser(browser, dashboard.url, dashboard.token)
         yield dashboard.url
 
 
@@ -224,6 +226,7 @@ def test_pages_follow_the_simulated_stream_live(target: Target, browser: sync_ap
     target.pipeline()
     with dashboard_process(target.settings.database) as dashboard:
         url = dashboard.url
+        sign_in_browser(browser, url, dashboard.token)
         page = browser.new_page()
         problems = Problems(page)
         page.goto(f"{url}/exhibitions?days=3&refresh=2")

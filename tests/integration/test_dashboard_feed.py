@@ -24,11 +24,12 @@ from dashboard import feed_queries
 from dashboard.app import create_app
 from dashboard.feed import WINDOWS, exhibitions_body
 from dashboard.feed_queries import pipeline_sessions
+from dashboard.sessions import COOKIE
 from lmnh.config import DatabaseSettings, load_config
 from lmnh.database import connect
 from lmnh.museum import LONDON, OPENS, in_opening_hours
 from tests.integration.conftest import MakeLogin
-from tests.integration.dashboard_support import NAMES, dashboard_db, query, store
+from tests.integration.dashboard_support import NAMES, dashboard_db, query, staff_cookies, store
 from tests.integration.support import Target
 
 pytestmark = pytest.mark.integration
@@ -38,8 +39,8 @@ __all__ = ["dashboard_db"]
 SERVER_NOW = datetime(2026, 10, 24, 9, 0, tzinfo=UTC)
 
 # Read once, from an app that never connects.
-schema = schemathesis.openapi.from_asgi(
-    "/api/openapi.json", create_app(load_config({}).database, clock=lambda: SERVER_NOW)
+schema = schemathesis.openapi.from_dict(
+    create_app(load_config({}).database, clock=lambda: SERVER_NOW).openapi()
 )
 
 
@@ -48,11 +49,19 @@ def app(dashboard_db: DatabaseSettings) -> FastAPI:
     return create_app(dashboard_db, clock=lambda: SERVER_NOW)
 
 
-def call(app: FastAPI, path: str, **query: str | list[str]) -> tuple[int, dict[str, Any]]:
+@pytest.fixture
+def staff(dashboard_db: DatabaseSettings) -> dict[str, str]:
+    """Signed in with every role."""
+    return staff_cookies(dashboard_db)
+
+
+def call(
+    app: FastAPI, staff: dict[str, str], path: str, **query: str | list[str]
+) -> tuple[int, dict[str, Any]]:
     """GET an endpoint in process; the answer must match the document and never be cached (a
     503 too: it is documented, so only the check that calls every 5xx a failure is left out)."""
     case = schema[path]["GET"].Case(query=query)
-    response = case.call(app=app)
+    response = case.call(app=app, cookies=staff)
     case.validate_response(response, excluded_checks=[not_a_server_error])
     assert response.headers["cache-control"] == ["no-store"]
     body: dict[str, Any] = response.json()
@@ -116,7 +125,7 @@ def nonzero(rows: list[dict[str, Any]], key: str, value: str) -> dict[tuple[str,
 
 
 def test_rejected_messages_are_counted_by_reason_in_each_window(
-    app: FastAPI, dashboard_db: DatabaseSettings
+    app: FastAPI, staff: dict[str, str], dashboard_db: DatabaseSettings
 ) -> None:
     now = database_now(dashboard_db)
     recent, earlier, yesterday, long_ago = (
@@ -132,7 +141,7 @@ def test_rejected_messages_are_counted_by_reason_in_each_window(
         + [(yesterday, "invalid_site", None), (long_ago, "empty", None)],
     )
 
-    status, body = call(app, "/api/feed/rejected", window="1h")
+    status, body = call(app, staff, "/api/feed/rejected", window="1h")
     assert status == 200, body
     assert (body["window"], body["bucket"], body["rejected"]) == ("1h", "minute", 3)
     assert body["reasons"] == [{"reason_code": "invalid_json", "rejected": 3}]
@@ -140,7 +149,7 @@ def test_rejected_messages_are_counted_by_reason_in_each_window(
     assert nonzero(body["rows"], "reason_code", "rejected") == {(minute(recent), "invalid_json"): 3}
     assert body["until"] == minute(datetime.fromisoformat(body["now"]) + timedelta(minutes=1))
 
-    status, body = call(app, "/api/feed/rejected")  # 24 h by default
+    status, body = call(app, staff, "/api/feed/rejected")  # 24 h by default
     assert (status, body["window"], body["bucket"], body["rejected"]) == (200, "24h", "hour", 5)
     assert body["reasons"] == [
         {"reason_code": "invalid_json", "rejected": 3},
@@ -152,7 +161,7 @@ def test_rejected_messages_are_counted_by_reason_in_each_window(
         (hour(earlier), "out_of_hours"): 2,
     }
 
-    status, body = call(app, "/api/feed/rejected", window="7d")
+    status, body = call(app, staff, "/api/feed/rejected", window="7d")
     assert (status, body["bucket"], body["rejected"]) == (200, "day", 6)
     assert [r["reason_code"] for r in body["reasons"]] == [
         "invalid_json",
@@ -168,8 +177,8 @@ def test_rejected_messages_are_counted_by_reason_in_each_window(
     assert body["since"] == london_day(datetime.fromisoformat(body["now"]) - timedelta(days=6))
 
 
-def test_no_rejected_message_is_an_empty_window(app: FastAPI) -> None:
-    status, body = call(app, "/api/feed/rejected", window="1h")
+def test_no_rejected_message_is_an_empty_window(app: FastAPI, staff: dict[str, str]) -> None:
+    status, body = call(app, staff, "/api/feed/rejected", window="1h")
     assert (status, body["rejected"], body["reasons"], body["rows"]) == (200, 0, [], [])
 
 
@@ -223,7 +232,7 @@ def test_buckets_are_london_days_and_whole_hours_across_the_autumn_clock_change(
 
 
 def test_the_reject_rate_per_exhibition_is_rejected_over_rejected_and_stored(
-    app: FastAPI, dashboard_db: DatabaseSettings
+    app: FastAPI, staff: dict[str, str], dashboard_db: DatabaseSettings
 ) -> None:
     now = database_now(dashboard_db)
     two_hours_ago, yesterday = now - timedelta(hours=2), now - timedelta(hours=26)
@@ -245,7 +254,7 @@ def test_the_reject_rate_per_exhibition_is_rejected_over_rejected_and_stored(
         ],
     )
 
-    status, body = call(app, "/api/feed/exhibitions", window="24h")
+    status, body = call(app, staff, "/api/feed/exhibitions", window="24h")
     assert status == 200, body
     rates = {
         e["public_id"]: (e["exhibition_name"], e["rejected"], e["stored"], e["reject_rate"])
@@ -272,7 +281,7 @@ def test_the_reject_rate_per_exhibition_is_rejected_over_rejected_and_stored(
         (hour(two_hours_ago), "EXH_03"): (0, 5, 0.0),
     }
 
-    status, body = call(app, "/api/feed/exhibitions", window="7d")
+    status, body = call(app, staff, "/api/feed/exhibitions", window="7d")
     totals = {
         e["public_id"]: (e["rejected"], e["stored"], e["reject_rate"]) for e in body["exhibitions"]
     }
@@ -288,7 +297,7 @@ def test_the_reject_rate_per_exhibition_is_rejected_over_rejected_and_stored(
         (london_day(yesterday), "EXH_01"): (1, 1),
     }
 
-    status, body = call(app, "/api/feed/exhibitions", window="1h")
+    status, body = call(app, staff, "/api/feed/exhibitions", window="1h")
     assert all(e["rejected"] == e["stored"] == 0 for e in body["exhibitions"])
     assert (body["unattributed"], len(body["rows"])) == (0, 60 * 6)
 
@@ -338,7 +347,7 @@ def test_each_exhibitions_last_stored_interaction_tells_a_quiet_kiosk(
 
 
 def test_the_api_says_when_each_exhibition_last_stored_and_whether_it_is_quiet(
-    app: FastAPI, dashboard_db: DatabaseSettings
+    app: FastAPI, staff: dict[str, str], dashboard_db: DatabaseSettings
 ) -> None:
     now = database_now(dashboard_db)
     store(
@@ -346,7 +355,7 @@ def test_the_api_says_when_each_exhibition_last_stored_and_whether_it_is_quiet(
         ratings=[("EXH_01", 3, (now - timedelta(hours=3)).isoformat())],
         requests=[("EXH_01", 0, (now - timedelta(minutes=100)).isoformat())],
     )
-    status, body = call(app, "/api/feed/exhibitions", window="1h")
+    status, body = call(app, staff, "/api/feed/exhibitions", window="1h")
     assert status == 200, body
     answered = datetime.fromisoformat(body["now"])
     exhibitions = {e["public_id"]: e for e in body["exhibitions"]}
@@ -364,7 +373,7 @@ def test_the_api_says_when_each_exhibition_last_stored_and_whether_it_is_quiet(
 
 
 def test_the_latest_50_rejected_messages_are_listed_newest_first_and_shown_safely(
-    app: FastAPI, dashboard_db: DatabaseSettings
+    app: FastAPI, staff: dict[str, str], dashboard_db: DatabaseSettings
 ) -> None:
     now = database_now(dashboard_db)
     long_value = "🐋".encode() * 1000  # 4,000 bytes
@@ -384,7 +393,7 @@ def test_the_latest_50_rejected_messages_are_listed_newest_first_and_shown_safel
     )
     [(first_offset,)] = query(dashboard_db, "SELECT min(kafka_offset) FROM rejected_message")
 
-    status, body = call(app, "/api/feed/latest")
+    status, body = call(app, staff, "/api/feed/latest")
     assert status == 200, body
     assert body["limit"] == 50
     messages = body["messages"]
@@ -453,8 +462,8 @@ def offsets(database: DatabaseSettings, rows: Sequence[tuple[Any, ...]]) -> None
         )
 
 
-def test_a_pipeline_that_never_ran_says_so(app: FastAPI) -> None:
-    status, body = call(app, "/api/feed/pipeline")
+def test_a_pipeline_that_never_ran_says_so(app: FastAPI, staff: dict[str, str]) -> None:
+    status, body = call(app, staff, "/api/feed/pipeline")
     assert status == 200, body
     assert (body["state"], body["sessions"], body["last_batch_at"], body["lag"]) == (
         "never_run",
@@ -472,7 +481,9 @@ def test_a_pipeline_that_never_ran_says_so(app: FastAPI) -> None:
     assert body["server_now"] == SERVER_NOW.isoformat()  # the app's clock, not the database's
 
 
-def test_the_pipelines_load_lag_and_state(app: FastAPI, dashboard_db: DatabaseSettings) -> None:
+def test_the_pipelines_load_lag_and_state(
+    app: FastAPI, staff: dict[str, str], dashboard_db: DatabaseSettings
+) -> None:
     now = early_in_a_minute(dashboard_db)
     current = now.replace(second=0, microsecond=0)
     loads = [
@@ -499,7 +510,7 @@ def test_the_pipelines_load_lag_and_state(app: FastAPI, dashboard_db: DatabaseSe
         ],
     )
 
-    status, body = call(app, "/api/feed/pipeline")
+    status, body = call(app, staff, "/api/feed/pipeline")
     assert status == 200, body
     assert (body["state"], body["state_reason"], body["sessions"]) == (
         "stopped",
@@ -533,29 +544,29 @@ def test_the_pipelines_load_lag_and_state(app: FastAPI, dashboard_db: DatabaseSe
     assert body["partitions"][2]["stored_at"] == (now - timedelta(hours=1)).isoformat()
 
     with sessions(dashboard_db, "lmnh-pipeline", "lmnh-pipeline", "lmnh-pipeline-cancel"):
-        status, body = call(app, "/api/feed/pipeline")
+        status, body = call(app, staff, "/api/feed/pipeline")
         assert (body["state"], body["sessions"]) == ("running", 2)
         assert body["state_reason"] == "connected; 4 messages waited at the last batches"
 
         # Messages waited on partition 1 at a batch 5 minutes ago, and nothing since: stalled.
         offsets(dashboard_db, [(0, 1000, 1000, now), (1, 500, 503, now - timedelta(minutes=5))])
-        status, body = call(app, "/api/feed/pipeline")
+        status, body = call(app, staff, "/api/feed/pipeline")
         assert (body["state"], body["lag"]) == ("behind", 3)
         assert body["state_reason"].startswith("3 messages waited on kiosks[1] at its last batch")
 
         # More waited than one batch takes.
         offsets(dashboard_db, [(0, 0, 6_000, now), (1, 0, 4_001, now)])
-        status, body = call(app, "/api/feed/pipeline")
+        status, body = call(app, staff, "/api/feed/pipeline")
         assert (body["state"], body["lag"]) == ("behind", 10_001)
         assert body["state_reason"].startswith("10,001 messages waited at the last batches")
 
         offsets(dashboard_db, [(0, 0, 6_000, now), (1, 0, 4_000, now)])
-        status, body = call(app, "/api/feed/pipeline")
+        status, body = call(app, staff, "/api/feed/pipeline")
         assert (body["state"], body["lag"]) == ("running", 10_000)
 
 
 def test_a_connected_pipeline_that_stores_nothing_while_messages_wait_is_stalled(
-    app: FastAPI, dashboard_db: DatabaseSettings
+    app: FastAPI, staff: dict[str, str], dashboard_db: DatabaseSettings
 ) -> None:
     """Its sessions are listed (a connection gone silent stays listed until the server notices)
     but nothing was stored for over a minute though messages waited: stalled, since the last
@@ -564,7 +575,7 @@ def test_a_connected_pipeline_that_stores_nothing_while_messages_wait_is_stalled
     last_batch = now - timedelta(seconds=75)
     offsets(dashboard_db, [(0, 1000, 1000, last_batch), (1, 500, 507, now - timedelta(minutes=4))])
     with sessions(dashboard_db, "lmnh-pipeline", "lmnh-pipeline"):
-        status, body = call(app, "/api/feed/pipeline")
+        status, body = call(app, staff, "/api/feed/pipeline")
         assert status == 200, body
         assert (body["state"], body["sessions"], body["lag"]) == ("stalled", 2, 7)
         assert body["stalled_since"] == body["last_batch_at"] == last_batch.isoformat()
@@ -577,27 +588,28 @@ def test_a_connected_pipeline_that_stores_nothing_while_messages_wait_is_stalled
 
         # A batch stored just now, of another partition: that one is behind, not stalled.
         offsets(dashboard_db, [(0, 1000, 1000, now), (1, 500, 507, now - timedelta(minutes=4))])
-        status, body = call(app, "/api/feed/pipeline")
+        status, body = call(app, staff, "/api/feed/pipeline")
         assert (body["state"], body["stalled_since"]) == ("behind", None)
 
         # Caught up, long ago: idle, as far as the database can tell.
         old = now - timedelta(hours=1)
         offsets(dashboard_db, [(0, 1000, 1000, old), (1, 507, 507, old)])
-        status, body = call(app, "/api/feed/pipeline")
+        status, body = call(app, staff, "/api/feed/pipeline")
         assert (body["state"], body["stalled_since"]) == ("running", None)
 
     # The same rows with no session: stopped, not stalled.
     offsets(dashboard_db, [(0, 1000, 1000, last_batch), (1, 500, 507, last_batch)])
-    status, body = call(app, "/api/feed/pipeline")
+    status, body = call(app, staff, "/api/feed/pipeline")
     assert (body["state"], body["stalled_since"]) == ("stopped", None)
 
 
-def test_a_reader_login_sees_the_pipeline_connected(
+def test_the_dashboards_login_sees_the_pipeline_connected(
     target: Target, login: MakeLogin, dashboard_db: DatabaseSettings
 ) -> None:
     """A non-superuser, without pg_read_all_stats, sees other users' application_name and
     database in pg_stat_activity: only the pipeline's sessions on its own database count."""
-    reader = login("lmnh_reader")
+    reader = login("lmnh_dashboard")
+    staff = staff_cookies(target.settings.database)
     with sessions(dashboard_db, "lmnh-pipeline"):  # another database's pipeline
         conn = connect(reader)
         try:
@@ -614,7 +626,8 @@ def test_a_reader_login_sees_the_pipeline_connected(
             conn.close()
 
         with sessions(target.settings.database, "lmnh-pipeline"):
-            status, body = call(create_app(reader, clock=lambda: SERVER_NOW), "/api/feed/pipeline")
+            app = create_app(reader, clock=lambda: SERVER_NOW)
+            status, body = call(app, staff, "/api/feed/pipeline")
     assert (status, body["state"], body["sessions"]) == (200, "running", 1)
     assert body["state_reason"] == "connected; no batch stored yet"
 
@@ -622,15 +635,17 @@ def test_a_reader_login_sees_the_pipeline_connected(
 # Errors ----------------------------------------------------------------------------------------
 
 
-def test_a_query_that_cannot_be_read_is_refused_with_every_problem(app: FastAPI) -> None:
-    status, body = call(app, "/api/feed/rejected", window=["2h", "1h"])
+def test_a_query_that_cannot_be_read_is_refused_with_every_problem(
+    app: FastAPI, staff: dict[str, str]
+) -> None:
+    status, body = call(app, staff, "/api/feed/rejected", window=["2h", "1h"])
     assert status == 400, body
     assert body["problems"] == [
         "window is given more than once",
         "window='2h' must be one of 1h, 24h, 7d",
     ]
     assert body["error"].startswith("the filters cannot be read: ")
-    status, body = call(app, "/api/feed/pipeline", window="1h")
+    status, body = call(app, staff, "/api/feed/pipeline", window="1h")
     assert (status, body["problems"]) == (400, ["unknown parameter 'window' (known: none)"])
 
 
@@ -639,7 +654,8 @@ def test_a_database_that_does_not_answer_is_a_503(dashboard_db: DatabaseSettings
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]  # nothing listens there once the probe is closed
     app = create_app(replace(dashboard_db, host="127.0.0.1", port=closed), clock=lambda: SERVER_NOW)
+    staff = {COOKIE: "unchecked"}  # the database that would check it does not answer either
     for path in ("/api/feed/pipeline", "/api/feed/latest", "/api/feed/rejected"):
-        status, body = call(app, path)
+        status, body = call(app, staff, path)
         assert status == 503, body
         assert "database" in body["error"]

@@ -91,7 +91,7 @@ def flooded(dashboard: Dashboard, streams: int, chart_workers: int) -> Iterator[
         with (
             suppress(OSError),
             urllib.request.urlopen(  # noqa: S310 - local
-                f"{dashboard.url}/api/now/stream", timeout=5
+                dashboard.request("/api/now/stream"), timeout=5
             ) as response,
         ):
             heard = False
@@ -108,9 +108,9 @@ def flooded(dashboard: Dashboard, streams: int, chart_workers: int) -> Iterator[
         yield_cpu()
         names = itertools.cycle(sorted(CHARTS)[worker % len(CHARTS) :] + sorted(CHARTS))
         while not stop.is_set() and time.monotonic() < deadline:
-            url = f"{dashboard.url}/api/charts/{next(names)}"
+            request = dashboard.request(f"/api/charts/{next(names)}")
             try:
-                with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
+                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
                     response.read()
                     status = response.status
             except urllib.error.HTTPError as error:

@@ -20,7 +20,13 @@ from dashboard.bench import fill
 from dashboard.filters import Filters
 from dashboard.pool import ConnectionPool, ValueRefused
 from lmnh.config import DatabaseSettings, load_config
-from tests.integration.dashboard_support import RATINGS, REQUESTS, dashboard_db, store
+from tests.integration.dashboard_support import (
+    RATINGS,
+    REQUESTS,
+    dashboard_db,
+    staff_cookies,
+    store,
+)
 
 pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
@@ -43,9 +49,8 @@ NOW = "/api/now"
 # The document does not depend on the database, so it is read once, from an app that never
 # connects; each test sends its requests to an app of its own on a database of its own.
 def _schema(config: schemathesis.Config) -> Any:
-    return schemathesis.openapi.from_asgi(
-        "/api/openapi.json", dashboard_app.create_app(load_config({}).database), config=config
-    )
+    document = dashboard_app.create_app(load_config({}).database).openapi()
+    return schemathesis.openapi.from_dict(document, config=config)
 
 
 schema = _schema(CONFIG).exclude(path=NOW)
@@ -61,25 +66,35 @@ def app(dashboard_db: DatabaseSettings) -> FastAPI:
     return dashboard_app.create_app(dashboard_db)
 
 
+@pytest.fixture
+def staff(dashboard_db: DatabaseSettings) -> dict[str, str]:
+    """Signed in with every role: the fuzzing is of what the endpoints do, not of who may."""
+    return staff_cookies(dashboard_db)
+
+
 @schema.parametrize()
 # The app only reads: one per test, shared by its examples, is what is meant.
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_the_api_keeps_its_documented_contract(case: schemathesis.Case, app: FastAPI) -> None:
-    case.call_and_validate(app=app)
+def test_the_api_keeps_its_documented_contract(
+    case: schemathesis.Case, app: FastAPI, staff: dict[str, str]
+) -> None:
+    case.call_and_validate(app=app, cookies=staff)
 
 
 @now_schema.parametrize()
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_now_answers_every_valid_request_as_documented(
-    case: schemathesis.Case, app: FastAPI
+    case: schemathesis.Case, app: FastAPI, staff: dict[str, str]
 ) -> None:
-    case.call_and_validate(app=app)
+    case.call_and_validate(app=app, cookies=staff)
 
 
-def call(app: FastAPI, chart: str, **query: str) -> tuple[int, dict[str, Any]]:
+def call(
+    app: FastAPI, staff: dict[str, str], chart: str, **query: str
+) -> tuple[int, dict[str, Any]]:
     """GET one chart in process; the answer must also match the document (status and body)."""
     case = schema["/api/charts/{name}"]["GET"].Case(path_parameters={"name": chart}, query=query)
-    response = case.call(app=app)
+    response = case.call(app=app, cookies=staff)
     case.validate_response(response)
     body: dict[str, Any] = response.json()
     return response.status_code, body
@@ -99,9 +114,9 @@ def call(app: FastAPI, chart: str, **query: str) -> tuple[int, dict[str, Any]]:
     ],
 )
 def test_bad_filters_are_refused_with_a_reason(
-    app: FastAPI, query: dict[str, str], problem: str
+    app: FastAPI, staff: dict[str, str], query: dict[str, str], problem: str
 ) -> None:
-    status, body = call(app, "requests-by-floor", **query)
+    status, body = call(app, staff, "requests-by-floor", **query)
     assert status == 400, body
     assert body["error"].startswith("the filters cannot be read: "), body
     assert any(text.startswith(problem) for text in body["problems"]), body
@@ -109,29 +124,30 @@ def test_bad_filters_are_refused_with_a_reason(
 
 def test_a_rolling_window_stops_at_the_first_date_instead_of_overflowing(
     app: FastAPI,
+    staff: dict[str, str],
 ) -> None:
     # to=0001-01-01 with the default 30 days reached back before date.min: OverflowError, 500.
-    status, body = call(app, "rating-over-time", to="0001-01-01")
+    status, body = call(app, staff, "rating-over-time", to="0001-01-01")
     assert status == 200, body
     assert (body["filters"]["from"], body["filters"]["to"], body["rows"]) == (
         "0001-01-01",
         "0001-01-01",
         [],
     )
-    status, body = call(app, "popularity", to="0001-01-05", days="30")
+    status, body = call(app, staff, "popularity", to="0001-01-05", days="30")
     assert status == 200, body
     assert body["filters"]["from"] == "0001-01-01"
 
 
 def test_a_value_the_database_refuses_is_a_client_error(
-    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI, staff: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def impossible_date(cur: Cursor, _filters: Filters) -> list[dict[str, Any]]:
         cur.execute("SELECT %s::date", ("2026-02-30",))
         return []
 
     monkeypatch.setitem(dashboard_app.CHARTS, "popularity", impossible_date)
-    status, body = call(app, "popularity")
+    status, body = call(app, staff, "popularity")
     assert status == 400, body
     assert body["error"].startswith("the filters cannot be used: the database refused a value")
     assert "out of range" in body["error"]

@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 
 from dashboard.pool import NOT_ANSWERING, REFUSED
-from lmnh.config import Settings
+from dashboard.sessions import COOKIE
+from lmnh.config import DatabaseSettings, Settings
+from tests.integration.dashboard_support import dashboard_db, dashboard_process
 from tests.integration.support import PYTHON, ROOT, clean_env
 
 pytestmark = pytest.mark.integration
+__all__ = ["dashboard_db"]
 
 
 def free_port() -> int:
@@ -55,8 +58,10 @@ def server_without_database() -> Iterator[str]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/exhibitions", timeout=2):  # noqa: S310
+                with urllib.request.urlopen(f"{url}/signin", timeout=2):  # noqa: S310
                     break
+            except urllib.error.HTTPError:
+                break  # it answers: the database's absence is the answer
             except OSError:
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
                 assert time.monotonic() < deadline, "the dashboard did not start"
@@ -68,9 +73,12 @@ def server_without_database() -> Iterator[str]:
         assert "database unreachable" in output  # said at start-up, on the terminal
 
 
-def get(url: str) -> tuple[int, dict[str, Any]]:
+def get(url: str, token: str = "x") -> tuple[int, dict[str, Any]]:  # noqa: S107
+    """GET with a session cookie: `token` a session's, or anything where no database can
+    check it."""
+    request = urllib.request.Request(url, headers={"Cookie": f"{COOKIE}={token}"})  # noqa: S310
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - local
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - local
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
@@ -82,17 +90,30 @@ def test_pages_load_and_the_api_explains_a_missing_database(server_without_datab
         assert (status, body["error"]) == (503, NOT_ANSWERING), path
         for coordinate in ("127.0.0.1", str(CLOSED), "museum_feedback", "wallboard"):
             assert coordinate not in json.dumps(body), (path, body)
+    # A wall screen's page says so in a page, and loads itself again.
+    request = urllib.request.Request(  # noqa: S310 - local
+        f"{server_without_database}/safety", headers={"Cookie": f"{COOKIE}=x"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310 - local
+    page = refused.value.read().decode()
+    refused.value.close()
+    assert (refused.value.code, refused.value.headers["Refresh"]) == (503, "5")
+    assert NOT_ANSWERING in page
+    assert "wallboard" not in page and str(CLOSED) not in page
 
 
-def test_bad_requests_are_named(server_without_database: str) -> None:
-    status, body = get(f"{server_without_database}/api/charts/pie")
-    assert status == 404
-    assert "no chart 'pie'" in body["error"] and "request-share" in body["error"]
-    status, body = get(f"{server_without_database}/api/charts/popularity?hour_from=25&request=fire")
-    assert status == 400
-    assert len(body["problems"]) == 2
-    status, body = get(f"{server_without_database}/api/chart/popularity")
-    assert (status, body["error"]) == (404, "GET /api/chart/popularity: Not Found")
+def test_bad_requests_are_named(dashboard_db: DatabaseSettings) -> None:
+    with dashboard_process(dashboard_db) as server:
+        status, body = get(f"{server.url}/api/charts/pie", server.token)
+        assert status == 404
+        assert "no chart 'pie'" in body["error"] and "request-share" in body["error"]
+        path = "/api/charts/popularity?hour_from=25&request=fire"
+        status, body = get(f"{server.url}{path}", server.token)
+        assert status == 400
+        assert len(body["problems"]) == 2
+        status, body = get(f"{server.url}/api/chart/popularity", server.token)
+        assert (status, body["error"]) == (404, "GET /api/chart/popularity: Not Found")
 
 
 def test_a_taken_port_is_refused_with_a_hint() -> None:

@@ -43,11 +43,11 @@ CHART = "/api/charts/popularity"
 NOW_QUERY_MARK = b"request_detail"  # in /api/now's query, not in the pool's ping
 
 
-def get(url: str, timeout: float = 30) -> tuple[int, dict[str, Any], float]:
-    """Status, JSON body and seconds taken."""
+def get(dashboard: Dashboard, path: str, timeout: float = 30) -> tuple[int, dict[str, Any], float]:
+    """Status, JSON body and seconds taken, signed in."""
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local
+        with urllib.request.urlopen(dashboard.request(path), timeout=timeout) as response:  # noqa: S310
             return response.status, json.load(response), time.monotonic() - started
     except urllib.error.HTTPError as error:
         return error.code, json.load(error), time.monotonic() - started
@@ -61,7 +61,7 @@ def warm(dashboard: Dashboard, requests: int = 8) -> None:
     """Concurrent requests, so that the pool holds several idle connections."""
     paths = [CHART, "/api/now", "/api/meta", "/api/charts/top-rated"] * (requests // 4)
     with ThreadPoolExecutor(requests) as workers:
-        answers = list(workers.map(lambda path: get(dashboard.url + path), paths))
+        answers = list(workers.map(lambda path: get(dashboard, path), paths))
     assert [status for status, _, _ in answers] == [200] * len(paths), answers
 
 
@@ -174,9 +174,9 @@ def test_a_new_visitor_gets_an_answer_when_the_idle_connections_are_silenced(
                 break
         with silenced(dashboard.process.pid, [dashboard_db.port]) as silent:
             assert len(silent) >= 3, silent  # the pool's idle connections
-            status, body, now_s = get(f"{dashboard.url}/api/now")
+            status, body, now_s = get(dashboard, "/api/now")
             assert status == 200, body
-            status, body, chart_s = get(dashboard.url + CHART)
+            status, body, chart_s = get(dashboard, CHART)
             assert status == 200, body
     print(f"silenced: {len(silent)} connections; /api/now {now_s:.2f} s, chart {chart_s:.2f} s")
     # A ping of 2 s on the first dead one, then a fresh connection (its siblings are dropped).
@@ -195,11 +195,11 @@ def test_a_frozen_server_is_a_503_within_the_bounds_naming_nothing(
     ):
         warm(dashboard)
         proxy.freeze_on = NOW_QUERY_MARK
-        status, body, query_s = get(f"{dashboard.url}/api/now")
+        status, body, query_s = get(dashboard, "/api/now")
         assert proxy.frozen.is_set()
         assert (status, body["error"]) == (503, NOT_ANSWERING)
         names_no_coordinates(body, dashboard_db, proxy.port)
-        answers = [get(dashboard.url + path) for path in (CHART, "/healthz")]
+        answers = [get(dashboard, path) for path in (CHART, "/healthz")]
     for status, body, _ in answers:
         assert status == 503, body
         names_no_coordinates(body, dashboard_db, proxy.port)
@@ -227,7 +227,7 @@ def test_no_more_connections_than_the_pool_maximum(dashboard_db: DatabaseSetting
         counter.start()
         try:
             with ThreadPoolExecutor(16) as workers:
-                answers = list(workers.map(lambda _: get(dashboard.url + CHART), range(32)))
+                answers = list(workers.map(lambda _: get(dashboard, CHART), range(32)))
         finally:
             done.set()
             counter.join()

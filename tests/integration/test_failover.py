@@ -35,7 +35,7 @@ import pytest
 from lmnh.config import Settings
 from lmnh.museum import LONDON
 from stack.topics import delete_topic, ensure_topic
-from tests.integration.dashboard_support import dashboard_process, latest_eleven
+from tests.integration.dashboard_support import dashboard_process, latest_eleven, sign_in_browser
 from tests.integration.replication import Pair, replicated_pair
 from tests.integration.silent import frozen, process_tree
 from tests.integration.support import (
@@ -215,6 +215,7 @@ def test_a_promoted_standby_is_followed_with_nothing_lost_or_doubled(
         )
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+            sign_in_browser(page.context, server.url, server.token)
             screen = NowScreen(page, sync_api, tmp_path)
             screen.open(f"{server.url}/safety")
             timeline, produced = fail_over(failover, tmp_path, screen)

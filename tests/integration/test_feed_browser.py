@@ -17,7 +17,13 @@ import pytest
 from dashboard.feed import show_raw
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
-from tests.integration.dashboard_support import dashboard_db, dashboard_process, query, store
+from tests.integration.dashboard_support import (
+    dashboard_db,
+    dashboard_process,
+    query,
+    sign_in_browser,
+    store,
+)
 from tests.integration.test_dashboard_browser import (
     Problems,
     browser,
@@ -110,12 +116,13 @@ def fill_a_day(database: DatabaseSettings) -> None:
 
 
 @pytest.fixture
-def feed_server(dashboard_db: DatabaseSettings) -> Iterator[str]:
+def feed_server(dashboard_db: DatabaseSettings, browser: sync_api.BrowserContext) -> Iterator[str]:
     """The dashboard over a day of traffic, with the pipeline connected."""
     fill_a_day(dashboard_db)
     pipeline = connect(dashboard_db, application_name="lmnh-pipeline")
     try:
         with dashboard_process(dashboard_db) as dashboard:
+            sign_in_browser(browser, dashboard.url, dashboard.token)
             yield dashboard.url
     finally:
         pipeline.close()
@@ -198,6 +205,7 @@ def test_a_window_that_cannot_be_read_and_a_stopped_pipeline_say_so(
     )
     with dashboard_process(dashboard_db) as dashboard:
         url = dashboard.url
+        sign_in_browser(browser, url, dashboard.token)
         page = browser.new_page()
         page.goto(f"{url}/feed?window=2h")
         wait_for_cycle(page)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from dashboard.sessions import COOKIE
 from lmnh.config import DatabaseSettings
 from lmnh.database import connect
 from lmnh.errors import ExitCode
@@ -25,6 +26,7 @@ from tests.integration.dashboard_support import (
     dashboard_db,
     dashboard_process,
     query,
+    staff_session,
     store,
 )
 from tests.integration.silent import require_nft, silenced
@@ -52,7 +54,9 @@ class Stream:
 
     def __init__(self, server: Dashboard, query: str = "", last_id: int | None = None):
         self.connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
-        headers = {} if last_id is None else {"Last-Event-ID": str(last_id)}
+        headers = (
+            server.headers if last_id is None else {**server.headers, "Last-Event-ID": str(last_id)}
+        )
         try:
             self.connection.request("GET", f"/api/now/stream?{query}", headers=headers)
             self.response = self.connection.getresponse()
@@ -107,7 +111,7 @@ def get_with_headers(
 ) -> tuple[int, dict[str, Any], http.client.HTTPMessage]:
     connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=server.headers)
         response = connection.getresponse()
         return response.status, json.loads(response.read()), response.msg
     finally:
@@ -264,6 +268,23 @@ def test_bad_filters_and_ids_are_refused_before_streaming(server: Dashboard) -> 
         assert problem in body["error"], path
 
 
+def test_the_stream_is_for_the_security_role_alone(
+    dashboard_db: DatabaseSettings, server: Dashboard
+) -> None:
+    for token, status in (
+        ("", 401),
+        (staff_session(dashboard_db, ["exhibitions", "operations", "admin"]), 403),
+        (staff_session(dashboard_db, ["security"]), 200),
+    ):
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        try:
+            connection.request("GET", "/api/now/stream", headers={"Cookie": f"{COOKIE}={token}"})
+            with connection.getresponse() as answer:
+                assert answer.status == status, token
+        finally:
+            connection.close()
+
+
 def test_one_listener_serves_every_browser(
     dashboard_db: DatabaseSettings, server: Dashboard
 ) -> None:
@@ -362,3 +383,20 @@ def test_ctrl_c_stops_the_server_with_browsers_connected(
         finally:
             for live in streams:
                 live.close()
+
+
+def test_a_stop_as_the_first_browser_connects_never_hangs(dashboard_db: DatabaseSettings) -> None:
+    """The signal lands while the first stream starts the listener (under the listener's
+    lock, which the stop takes too): it once waited on itself for ever, one stop in two."""
+    for _ in range(5):
+        with dashboard_process(dashboard_db, "--clock-start", CLOCK) as server:
+            connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+            try:
+                connection.request("GET", "/api/now/stream", headers=server.headers)
+                with connection.getresponse() as answer:
+                    assert answer.status == 200
+            finally:
+                connection.close()
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(timeout=10)
+            assert server.process.returncode == ExitCode.OK

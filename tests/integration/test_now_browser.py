@@ -21,6 +21,7 @@ from tests.integration.dashboard_support import (
     Interaction,
     dashboard_db,
     dashboard_process,
+    sign_in_browser,
     store,
 )
 from tests.integration.silent import require_nft, silenced
@@ -92,6 +93,7 @@ def test_an_emergency_appears_alerted_and_acknowledged(
 ) -> None:
     store(dashboard_db, requests=[*history(), ("EXH_00", 0, at("10:55:00"))])
     with dashboard_process(dashboard_db, *CLOCK_OPEN) as server:
+        sign_in_browser(browser, server.url, server.token)
         page = browser.new_page()
         problems = test_dashboard_browser.Problems(page)
         panel = open_safety(page, f"{server.url}/safety")
@@ -151,6 +153,7 @@ def test_the_sound_is_off_until_switched_on(
     dashboard_db: DatabaseSettings, browser: sync_api.BrowserContext
 ) -> None:
     with dashboard_process(dashboard_db, *CLOCK_OPEN) as server:
+        sign_in_browser(browser, server.url, server.token)
         page = browser.new_page()
         problems = test_dashboard_browser.Problems(page)
         panel = open_safety(page, f"{server.url}/safety")
@@ -189,6 +192,7 @@ def test_the_panel_follows_the_filters(
     dashboard_db: DatabaseSettings, browser: sync_api.BrowserContext
 ) -> None:
     with dashboard_process(dashboard_db, *CLOCK_OPEN) as server:
+        sign_in_browser(browser, server.url, server.token)
         page = browser.new_page()
         problems = test_dashboard_browser.Problems(page)
         panel = open_safety(page, f"{server.url}/safety?floor=2")
@@ -227,6 +231,7 @@ def test_the_panel_says_offline_and_recovers(
     # Something shown, so that the browser has a last request id to reconnect with.
     store(dashboard_db, requests=[("EXH_00", 0, at("10:50:00"))])
     with dashboard_process(dashboard_db, *CLOCK_OPEN) as server:
+        sign_in_browser(browser, server.url, server.token)
         page = browser.new_page()
         panel = open_safety(page, f"{server.url}/safety")
 
@@ -255,6 +260,7 @@ def test_the_panel_never_says_live_while_the_database_is_silent(
     require_nft()
     store(dashboard_db, requests=[("EXH_00", 0, at("10:50:00"))])
     with dashboard_process(dashboard_db, *CLOCK_OPEN) as server:
+        sign_in_browser(browser, server.url, server.token)
         page = browser.new_page()
         panel = open_safety(page, f"{server.url}/safety")
         connection = panel.locator(".now-connection")
@@ -314,6 +320,7 @@ def test_the_banner_knows_the_opening_hours(
     the same silence during opening hours is the stale-data warning."""
     store(dashboard_db, ratings=[("EXH_01", 3, at("17:30:00"))])
     with dashboard_process(dashboard_db, "--clock-start", clock_start) as server:
+        sign_in_browser(browser, server.url, server.token)
         page = browser.new_page()
         page.goto(f"{server.url}/exhibitions")
         wait_for_cycle(page)

@@ -30,9 +30,17 @@ from bench.proxy import (
     unavailable,
 )
 from dashboard.live import TICK_S
+from dashboard.sessions import SECURE_COOKIE
 from lmnh.config import DatabaseSettings
 from tests.integration import test_dashboard_browser
-from tests.integration.dashboard_support import dashboard_db, dashboard_process, query, store
+from tests.integration.dashboard_support import (
+    dashboard_db,
+    dashboard_process,
+    query,
+    sign_in_browser,
+    staff_session,
+    store,
+)
 from tests.integration.test_dashboard_browser import CHROMIUM, HEIGHT, WIDTH, sync_api
 from tests.integration.test_now_browser import CLOCK_OPEN, TITLE, WAIT_MS, at, item, open_safety
 
@@ -97,6 +105,7 @@ def test_an_emergency_reaches_the_now_panel_through_https(
     proxied: Proxy,
     trusting_browser: sync_api.BrowserContext,
 ) -> None:
+    sign_in_browser(trusting_browser, proxied.url, staff_session(dashboard_db))
     page = trusting_browser.new_page()
     problems = test_dashboard_browser.Problems(page)
     answers: list[sync_api.Response] = []
@@ -133,19 +142,21 @@ def test_plain_http_is_redirected_and_https_says_hsts(
         plain.close()
 
     with urllib.request.urlopen(  # noqa: S310 - the test's own proxy
-        f"{proxied.url}/api/meta", timeout=10, context=certificates.client_context()
+        f"{proxied.url}/healthz", timeout=10, context=certificates.client_context()
     ) as answer:
         assert answer.status == 200
         assert answer.headers["Strict-Transport-Security"] == HSTS
     # The trust is the throwaway CA's alone: the machine's own CAs refuse the certificate.
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-        urllib.request.urlopen(f"{proxied.url}/api/meta", timeout=10)  # noqa: S310
+        urllib.request.urlopen(f"{proxied.url}/healthz", timeout=10)  # noqa: S310
 
 
 class EventStream:
     """/api/now/stream through the proxy, read event by event."""
 
-    def __init__(self, proxy: Proxy, certificates: Certificates, last_event_id: int) -> None:
+    def __init__(
+        self, proxy: Proxy, certificates: Certificates, last_event_id: int, token: str
+    ) -> None:
         self.connection = http.client.HTTPSConnection(
             "localhost", proxy.https_port, context=certificates.client_context(), timeout=5
         )
@@ -153,6 +164,7 @@ class EventStream:
             "Accept": "text/event-stream",
             "Accept-Encoding": "gzip, br, zstd",
             "Last-Event-ID": str(last_event_id),
+            "Cookie": f"{SECURE_COOKIE}={token}",  # the proxy says HTTPS: the secure name
         }
         self.connection.request("GET", "/api/now/stream", headers=headers)
         self.answer = self.connection.getresponse()
@@ -184,7 +196,7 @@ def test_the_stream_passes_unbuffered_and_a_reconnect_gets_what_it_missed(
     # Stored while this browser was away: it comes back with the last id it had.
     store(dashboard_db, requests=[("EXH_03", 1, at("10:55:00")), ("EXH_04", 0, at("10:56:00"))])
     missed = [i for i in request_ids(dashboard_db) if i != seen]
-    stream = EventStream(proxied, certificates, last_event_id=seen)
+    stream = EventStream(proxied, certificates, seen, staff_session(dashboard_db))
     try:
         assert stream.answer.status == 200
         assert stream.answer.getheader("Content-Type", "").startswith("text/event-stream")

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -32,8 +29,14 @@ from dashboard.tableau.workbook import DASHBOARDS, EXTRACT_FILE, LIVE_FILE, WORK
 from lmnh.config import DatabaseSettings, Secret
 from lmnh.database import connect, execute_outside_transaction
 from lmnh.museum import LONDON
-from tests.integration.dashboard_support import RATINGS, REQUESTS, dashboard_db, store
-from tests.integration.support import PYTHON, ROOT, clean_env
+from tests.integration.dashboard_support import (
+    RATINGS,
+    REQUESTS,
+    Dashboard,
+    dashboard_db,
+    dashboard_process,
+    store,
+)
 
 pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
@@ -404,39 +407,17 @@ def _number(value: Any) -> Any:
 
 
 @pytest.fixture
-def web(dashboard_db: DatabaseSettings) -> Iterator[str]:
+def web(dashboard_db: DatabaseSettings) -> Iterator[Dashboard]:
     """The web dashboard (python -m dashboard) over 30 days of history and the fixed dataset."""
     fill(dashboard_db, 2_000, 30)
     store(dashboard_db, RATINGS, REQUESTS)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    process = subprocess.Popen(
-        [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null"],
-        cwd=ROOT,
-        env={**clean_env(), "DB_NAME": dashboard_db.name},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the dashboard did not start"
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with dashboard_process(dashboard_db) as dashboard:
+        yield dashboard
 
 
-def chart(url: str, name: str, query: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    address = f"{url}/api/charts/{name}?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(address, timeout=10) as response:  # noqa: S310
+def chart(web: Dashboard, name: str, query: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    path = f"/api/charts/{name}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(web.request(path), timeout=10) as response:  # noqa: S310
         rows: list[dict[str, Any]] = json.load(response)["rows"]
     return rows
 
@@ -640,7 +621,7 @@ def scenarios(today: date) -> dict[str, tuple[list[tuple[str, str]], Choice]]:
 
 
 def test_every_chart_shows_the_numbers_of_the_web_page(
-    web: str, reader: DatabaseSettings, capsys: pytest.CaptureFixture[str]
+    web: Dashboard, reader: DatabaseSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = workbook()
     on_dashboards = [
@@ -669,7 +650,9 @@ def test_every_chart_shows_the_numbers_of_the_web_page(
         print("\n" + "\n".join(lines))
 
 
-def test_a_worksheet_unlike_its_web_chart_is_caught(web: str, reader: DatabaseSettings) -> None:
+def test_a_worksheet_unlike_its_web_chart_is_caught(
+    web: Dashboard, reader: DatabaseSettings
+) -> None:
     """The comparison can fail: a share that ignores the request-type parameter differs."""
     root = workbook()
     selected = root.find(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lmnh.config import (
+    ACCESS_VARIABLES,
     DATABASE_TIMEOUT_VARIABLES,
     DATABASE_VARIABLES,
     KAFKA_VARIABLES,
@@ -32,13 +33,15 @@ HOSTED_DATABASE = {
 OWN = {"KAFKA_GROUP_ID": "theirs", "KAFKA_MAX_POLL_INTERVAL_MS": "20000", "KAFKA_PARTITIONS": "2"}
 # How soon silent peers are noticed: the defaults, whatever the environment says.
 TIMEOUTS = {*DATABASE_TIMEOUT_VARIABLES, "KAFKA_SOCKET_TIMEOUT_MS"}
-# Partition maintenance's retention: the defaults, whatever the environment says.
+# Partition maintenance's retention and the dashboard's sign-in: the defaults, whatever the
+# environment says.
 RETENTION = set(RETENTION_VARIABLES)
+ACCESS = set(ACCESS_VARIABLES)
 
 
 def test_every_setting_is_a_service_setting_or_the_tests_own() -> None:
     services = set(KAFKA_VARIABLES) | set(DATABASE_VARIABLES)
-    assert services | set(OWN) | TIMEOUTS | RETENTION == VARIABLES
+    assert services | set(OWN) | TIMEOUTS | RETENTION | ACCESS == VARIABLES
 
 
 def test_nothing_set_means_the_local_stack() -> None:

@@ -12,10 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dashboard import live
 from dashboard.filters import FilterError, Filters
 from dashboard.live import (
     LOST,
+    SIGNED_OUT,
     Resync,
+    Viewer,
     Window,
     _Forward,
     _Slots,
@@ -171,12 +174,34 @@ def test_a_lapse_is_said_and_the_next_connection_ends_the_forward() -> None:
         for signal in (LOST, Resync(1), Resync(2)):
             queue.put_nowait(signal)
         at = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
-        forward = _Forward(queue, Filters(at.date(), at.date()), lambda: at, 1, lambda: None)
+        viewer = Viewer(Filters(at.date(), at.date()))
+        forward = _Forward(queue, viewer, lambda: at, 1, lambda: None)
         return [chunk async for chunk in forward], forward.ended
 
     chunks, ended = asyncio.run(forwarded())
     assert chunks == [event("stale", {"error": "the live feed cannot hear the database"})]
     assert isinstance(ended, Resync) and ended.generation == 2
+
+
+def test_a_stream_whose_session_has_ended_says_so_and_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Asked at a tick once SESSION_CHECK_S has passed: while the session goes on, ticks; once
+    it has ended, `signed-out` is the last event."""
+    monkeypatch.setattr(live, "TICK_S", 0.01)
+    monkeypatch.setattr(live, "SESSION_CHECK_S", 0.0)
+    answers = iter([True, True, False])
+
+    async def forwarded() -> tuple[list[bytes], object]:
+        at = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
+        viewer = Viewer(Filters(at.date(), at.date()), signed_in=lambda: next(answers))
+        forward = _Forward(asyncio.Queue(), viewer, lambda: at, 1, lambda: 0.5)
+        return [chunk async for chunk in forward], forward.ended
+
+    chunks, ended = asyncio.run(forwarded())
+    tick = event("tick", {"now": "2026-11-25T11:00:00+00:00", "heard": 0.5})
+    assert chunks == [tick, tick, event("signed-out", {"error": "the session has ended"})]
+    assert ended is SIGNED_OUT
 
 
 def test_streams_are_capped_and_their_slots_given_back() -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from dashboard.app import create_app
 from kafka_pipeline import parse_args
-from lmnh.config import load_config
+from lmnh.config import AccessSettings, Secret, load_config
 from lmnh.errors import ConfigError
 from lmnh.events import KafkaMessage, RatingEvent, Reason, Rejection, RequestEvent
 from lmnh.health import REBALANCE_GRACE_S, GroupState, LoadState, judge
@@ -315,9 +315,16 @@ def test_a_taken_port_is_a_usage_error(served: tuple[PipelineMetrics, str]) -> N
 
 
 def test_the_dashboard_labels_requests_by_route_template_only() -> None:
-    app = create_app(load_config({}).database)  # no route below touches the database
+    """Anonymous requests (refused before any route runs: nothing below touches the database)
+    and Prometheus's scrape with its token."""
+    scrape_token = "a-scrape-token-of-at-least-32-characters"  # noqa: S105 - the test's own
+    access = AccessSettings(metrics_token=Secret(scrape_token))
+    app = create_app(load_config({}).database, access=access)
 
-    async def request(method: str, path: str, query: bytes = b"") -> tuple[int, bytes]:
+    async def request(
+        method: str, path: str, query: bytes = b"", token: str = ""
+    ) -> tuple[int, bytes]:
+        authorization = [(b"authorization", f"Bearer {token}".encode())] if token else []
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -328,7 +335,7 @@ def test_the_dashboard_labels_requests_by_route_template_only() -> None:
             "raw_path": path.encode(),
             "query_string": query,
             "root_path": "",
-            "headers": [(b"host", b"dashboard")],
+            "headers": [(b"host", b"dashboard"), *authorization],
             "client": ("127.0.0.1", 1),
             "server": ("dashboard", 80),
         }
@@ -351,22 +358,22 @@ def test_the_dashboard_labels_requests_by_route_template_only() -> None:
         return status, b"".join(m.get("body", b"") for m in received)
 
     async def visit() -> bytes:
-        assert (await request("GET", "/api/charts/pie", b"x=1"))[0] == 404
-        assert (await request("GET", "/api/charts/tart"))[0] == 404
-        assert (await request("GET", "/no/such/page"))[0] == 404
-        assert (await request("BREW", "/exhibitions"))[0] == 405
+        assert (await request("GET", "/api/charts/pie", b"x=1"))[0] == 401
+        assert (await request("GET", "/api/charts/tart"))[0] == 401
+        assert (await request("GET", "/no/such/page"))[0] == 401
+        assert (await request("BREW", "/exhibitions"))[0] == 401
         assert (await request("GET", "/static/dashboard.css"))[0] == 200
-        status, body = await request("GET", "/metrics")
+        status, body = await request("GET", "/metrics", token=scrape_token)
         assert status == 200
         return body
 
     lines = asyncio.run(visit()).decode().splitlines()
     counted = sorted(line for line in lines if line.startswith("lmnh_dashboard_requests_total"))
     assert counted == [
-        'lmnh_dashboard_requests_total{method="GET",route="/api/charts/{name}",status="404"} 2.0',
+        'lmnh_dashboard_requests_total{method="GET",route="/api/charts/{name}",status="401"} 2.0',
         'lmnh_dashboard_requests_total{method="GET",route="/static/{path}",status="200"} 1.0',
-        'lmnh_dashboard_requests_total{method="GET",route="unmatched",status="404"} 1.0',
-        'lmnh_dashboard_requests_total{method="other",route="/exhibitions",status="405"} 1.0',
+        'lmnh_dashboard_requests_total{method="GET",route="unmatched",status="401"} 1.0',
+        'lmnh_dashboard_requests_total{method="other",route="/exhibitions",status="401"} 1.0',
     ]
     assert any(
         line.startswith('lmnh_dashboard_request_duration_seconds_count{method="GET",route="/api')
