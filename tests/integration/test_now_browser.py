@@ -26,6 +26,8 @@ from tests.integration.dashboard_support import (
 )
 from tests.integration.silent import require_nft, silenced
 from tests.integration.test_dashboard_browser import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
     PNG_SIGNATURE,
     browser,
     screenshot,
@@ -327,3 +329,48 @@ def test_the_banner_knows_the_opening_hours(
         banner = page.locator("#banner")
         expect(banner).to_have_attribute("data-kind", kind)
         expect(banner).to_contain_text(said)
+
+
+PHONE = {"width": 390, "height": 844}
+TOUCH_TARGET_PX = 44  # WCAG 2.5.5
+
+
+def test_on_a_phone_the_safety_page_fits_and_an_emergency_is_acknowledged_by_touch(
+    dashboard_db: DatabaseSettings, screenshots: Path
+) -> None:
+    """A guard on the floor, with a 390 px phone: no sideways scrolling anywhere on the page,
+    the Now panel's cards and buttons inside the screen, a thumb-sized Acknowledge that a tap
+    works."""
+    store(dashboard_db, requests=[*history(), ("EXH_00", 0, at("10:55:00"))])
+    with (
+        dashboard_process(dashboard_db, *CLOCK_OPEN) as server,
+        sync_api.sync_playwright() as playwright,
+    ):
+        phone = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            context = phone.new_context(
+                viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True
+            )
+            sign_in_browser(context, server.url, server.token)
+            page = context.new_page()
+            problems = test_dashboard_browser.Problems(page)
+            panel = open_safety(page, f"{server.url}/safety")
+            store(dashboard_db, requests=[("EXH_03", 1, at("11:00:10"))])
+            whale = item(panel, "EXH_03")
+            expect(whale).to_have_attribute("data-type", "emergency", timeout=WAIT_MS)
+            wait_for_cycle(page)
+            assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+            for element in (whale, panel.locator(".now-alert"), page.locator(".card").first):
+                box = element.bounding_box()
+                assert box is not None and box["x"] >= 0, element
+                assert box["x"] + box["width"] <= PHONE["width"], element
+            button = whale.locator(".now-ack")
+            box = button.bounding_box()
+            assert box is not None and box["height"] >= TOUCH_TARGET_PX, box
+            assert box["x"] + box["width"] <= PHONE["width"], box
+            page.locator("#now").screenshot(path=screenshots / "now-phone.png")
+            button.tap()
+            expect(whale).to_have_attribute("data-open", "false")
+            assert problems.seen == []
+        finally:
+            phone.close()
