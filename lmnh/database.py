@@ -14,6 +14,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
+from psycopg2.extensions import cursor as Cursor
 
 from lmnh.config import DatabaseSettings
 from lmnh.errors import ExitCode, FatalError, PermanentError, PipelineError, TransientError
@@ -24,10 +25,7 @@ from lmnh.schema_version import APPLY_COMMAND, LEDGER, refusal
 # the dashboard's views.sql, which a test checks.
 SCHEMA_FILE = Path(__file__).resolve().parent / "schema.sql"
 ROLES_FILE = SCHEMA_FILE.parent / "roles.sql"  # grants on all the others, so it comes last
-# The ledger, its log and lock, and yoyo's own version: dropped by a reset with the tables.
-_YOYO_TABLES = (LEDGER, "_yoyo_log", "_yoyo_version", "yoyo_lock")
-# The tables of schema.sql, children before parents. What other parts add on top of them (the
-# dashboard's views and rollups) is dropped with them by a reset, and rebuilt by their own file.
+# The tables of schema.sql, children before parents: those a database must have.
 TABLES = (
     "load_minute",
     "kafka_offset",
@@ -307,26 +305,35 @@ def apply_schema(conn: Connection, extensions: Sequence[Path] = ()) -> list[str]
 
 
 def table_row_counts(conn: Connection) -> dict[str, int]:
-    """Rows in each existing table of the schema: what a reset would delete."""
+    """Rows in each table of the database's schema: what a reset would delete."""
     counts: dict[str, int] = {}
     with conn, conn.cursor() as cur:
-        for table in TABLES:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-            if cur.fetchone() == (True,):
-                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
-                row = cur.fetchone()
-                counts[table] = row[0] if row else 0
+        for table in _schema_tables(cur):
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+            row = cur.fetchone()
+            counts[table] = row[0] if row else 0
     return counts
 
 
 def reset_schema(conn: Connection, extensions: Sequence[Path] = ()) -> None:
-    """Drop every table of the schema with all its rows, and whatever depends on them, and the
-    migrations' ledger, then apply the migrations and `extensions` afresh."""
+    """Drop every table of the database's schema with all its rows (the facts, the rollups
+    and daily counts, the staff's accounts and sessions, the migrations' ledger) and whatever
+    depends on them, then apply the migrations and `extensions` afresh."""
     with conn, conn.cursor() as cur:
-        dropped = (*TABLES, *_YOYO_TABLES)
-        tables = sql.SQL(", ").join(sql.Identifier(table) for table in dropped)
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(tables))
+        tables = _schema_tables(cur)
+        if tables:
+            listed = sql.SQL(", ").join(sql.Identifier(table) for table in tables)
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(listed))
     apply_schema(conn, extensions)
+
+
+def _schema_tables(cur: Cursor) -> list[str]:
+    """The tables of the current schema, partitions left to their parents."""
+    cur.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace"
+        " AND relkind IN ('r', 'p') AND NOT relispartition ORDER BY relname"
+    )
+    return [row[0] for row in cur.fetchall()]
 
 
 # What to do about an error PostgreSQL reports, by its SQLSTATE (class = the first two

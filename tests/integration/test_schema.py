@@ -24,6 +24,7 @@ from lmnh.database import (
     missing_tables,
     require_schema,
     reset_schema,
+    table_row_counts,
 )
 from lmnh.errors import ExitCode, FatalError
 from lmnh.migrate import apply_migrations
@@ -202,10 +203,24 @@ def test_applying_the_schema_again_keeps_data_and_reset_deletes_it(target: Targe
     apply_schema(conn)
     assert target.query("SELECT count(*) FROM rating_interaction") == [(1,)]
     assert target.query("SELECT count(*) FROM exhibition") == [(6,)]
+    # A row in every other kind of table too: the daily counts, the rollups kept by the
+    # triggers, the staff's accounts and sessions. A reset leaves none behind.
+    target.query(
+        "INSERT INTO rejected_daily (day, reason_code, messages)"
+        " VALUES ('2026-01-01', 'invalid_val', 3) RETURNING 1"
+    )
+    target.query(
+        "INSERT INTO staff_account (username, display_name, roles, password_hash)"
+        " VALUES ('guard', 'Guard', '{security}', '$argon2id$v=19$x') RETURNING 1"
+    )
     reset_schema(conn)
     assert missing_tables(conn) == []
-    assert target.query("SELECT count(*) FROM rating_interaction") == [(0,)]
-    assert target.query("SELECT count(*) FROM exhibition") == [(6,)]
+    for table in ("rating_interaction", "rating_rollup", "rejected_daily", "staff_account"):
+        assert target.query(f"SELECT count(*) FROM {table}") == [(0,)], table
+    counts = table_row_counts(conn)  # what `stack schema --reset` lists before it drops
+    kept = {table: rows for table, rows in counts.items() if rows and table[0] != "_"}
+    assert kept == {"exhibition": 6, "floor": 4, "department": 5, "rating": 5, "request": 2}
+    assert {"rating_rollup", "rejected_daily", "staff_account", "_yoyo_migration"} <= set(counts)
     conn.close()
 
 
