@@ -50,7 +50,8 @@
       out.textContent = "Sign out";
       out.addEventListener("click", async () => {
         signingOut = true; // a refresh refused meanwhile must not race it to the sign-in page
-        await fetch("/signout", { method: "POST", headers: { "X-CSRF-Token": me.csrf_token } });
+        const answer = await fetch("/signout", { method: "POST", headers: { "X-CSRF-Token": me.csrf_token } });
+        await answer.arrayBuffer(); // read to its end: leaving sooner would abort it
         location.assign("/signin");
       });
       holder.replaceChildren(name, out);

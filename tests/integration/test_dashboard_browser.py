@@ -128,7 +128,7 @@ class Problems:
         # on leaving the page, on a reload, on new filters. That is by design, not a failure.
         stream = request.url.split("?")[0].endswith("/api/now/stream")
         if not (stream and request.failure == "net::ERR_ABORTED"):
-            self.seen.append(f"failed: {request.url}")
+            self.seen.append(f"failed: {request.url} ({request.failure})")
 
 
 def wait_for_cycle(page: sync_api.Page, after: int = 0) -> int:

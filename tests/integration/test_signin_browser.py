@@ -96,8 +96,11 @@ def test_a_local_account_signs_in_after_a_wrong_password_and_out_again(
     expect(page).to_have_url(f"{server.url}/signin")
     page.goto(f"{server.url}/exhibitions")
     expect(page).to_have_url(f"{server.url}/signin?next=%2Fexhibitions")
-    # The wrong password is the sign-in page's 401, said on the page: nothing else went wrong.
-    assert [seen for seen in problems.seen if "401" not in seen] == []
+    # The wrong password is the sign-in page's 401, said on the page; a sign-out's answer may be
+    # cut short by the page leaving (the server had answered: the session is gone, as above).
+    # Nothing else went wrong.
+    benign = ("401", "/signout (net::ERR_ABORTED)")
+    assert [seen for seen in problems.seen if not any(b in seen for b in benign)] == []
 
 
 def sign_in_at_the_provider(page: sync_api.Page, account: Account, password: str) -> None:
