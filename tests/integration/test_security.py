@@ -5,6 +5,8 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
+from dashboard.accounts import add
+from dashboard.sessions import session_without_sign_in
 from lmnh.config import (
     LOCAL_KAFKA_SASL,
     LOCAL_KAFKA_SASL_PASSWORD,
@@ -63,6 +65,42 @@ def test_the_reader_role_only_reads(target: Target, login: MakeLogin) -> None:
     conn.close()
     assert denied(reader, "INSERT INTO rating (rating_value, rating_description) VALUES (4, 'x')")
     assert denied(reader, "DELETE FROM rejected_message")
+
+
+def test_the_reader_sees_no_staff_data_and_the_dashboard_keeps_only_sessions(
+    target: Target, login: MakeLogin
+) -> None:
+    """Tableau's login reads no password hash and no session; the dashboard's reads accounts,
+    keeps sessions, and can neither make an account nor change one (lmnh-accounts does, as the
+    schema's owner)."""
+    owner = target.settings.database
+    conn = connect(owner)
+    try:
+        add(conn, "r.pelkman", "R. Pelkman", ["security"], "a long enough passphrase")
+    finally:
+        conn.close()
+    reader, dashboard = login("lmnh_reader"), login("lmnh_dashboard")
+    for table in ("staff_account", "staff_session"):
+        assert denied(reader, f"SELECT * FROM {table}"), table
+    token = session_without_sign_in(dashboard, ["security"], "A Guard", "guard")
+    conn = connect(dashboard)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT username FROM staff_account")
+            assert cur.fetchall() == [("r.pelkman",)]
+            cur.execute("SELECT count(*) FROM staff_session")
+            assert cur.fetchone() == (1,)
+    finally:
+        conn.close()
+    assert token
+    for statement in (
+        "UPDATE staff_account SET roles = '{admin}'",
+        "INSERT INTO staff_account (username, display_name, password_hash)"
+        " VALUES ('x', 'x', '$argon2id$x')",
+        "DELETE FROM staff_account",
+        "INSERT INTO rating (rating_value, rating_description) VALUES (4, 'x')",
+    ):
+        assert denied(dashboard, statement), statement
 
 
 @pytest.mark.usefixtures("local_kafka")  # the local broker's SASL listener
