@@ -753,12 +753,12 @@ def test_the_logins_sql_makes_the_two_logins_on_a_real_server(tmp_path: Path) ->
         apply("1")
         apply("1")  # idempotent
         assert member_of(users["pipeline"], "etl-1") == {"lmnh_pipeline"}
-        assert member_of(users["dashboard"], "wall-1") == {"lmnh_reader"}
+        assert member_of(users["dashboard"], "wall-1") == {"lmnh_dashboard", "lmnh_reader"}
         apply("2")  # a rotated password: the old one no longer logs in
         with pytest.raises(FatalError):
             member_of(users["pipeline"], "etl-1")
         assert member_of(users["pipeline"], "etl-2") == {"lmnh_pipeline"}
-        assert member_of(users["dashboard"], "wall-2") == {"lmnh_reader"}
+        assert member_of(users["dashboard"], "wall-2") == {"lmnh_dashboard", "lmnh_reader"}
     finally:
         drop_database(server, name)
         for user in users.values():
