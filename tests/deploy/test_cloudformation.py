@@ -3,11 +3,13 @@
 - cfn-lint and checkov (with the project's own checks in deploy/aws/checks/) find nothing in
   the template, and both fail a deliberately broken copy of it, naming each defect;
 - the custom checks pass and fail the security-group rules they should;
-- the template holds the promises docs/deploy.md makes (no SSH, RDS-managed password, ...);
+- the template holds the promises docs/deploy.md makes (no SSH, RDS-managed password, the
+  identity provider's client secret in Secrets Manager alone, ...);
 - the host's boot script in UserData passes shellcheck, its units pass `systemd-analyze
   verify`, its Caddyfile is deploy/caddy/Caddyfile and Caddy reads it, and its lmnh-configure
   passes ruff and does its job against fake aws/podman/psql/
-  systemctl commands; the SQL that makes the two logins runs on the local PostgreSQL server.
+  systemctl commands, the identity provider's settings and secret reaching the dashboard
+  alone; the SQL that makes the two logins runs on the local PostgreSQL server.
 
 The checkers live in their own virtualenv, `.venv-deploy-checks/`, which ./run_tests.sh makes
 from deploy/aws/checks.lock; the tests that need it skip, saying so, when it is missing.
@@ -35,7 +37,7 @@ import yaml
 from psycopg2 import sql
 
 from dashboard import VIEWS_FILE
-from lmnh.config import Secret, load_config
+from lmnh.config import STAFF_ROLES, Secret, load_config
 from lmnh.database import connect, create_database, drop_database, execute_outside_transaction
 from lmnh.errors import FatalError
 
@@ -48,6 +50,13 @@ CADDYFILE = ROOT / "deploy" / "caddy" / "Caddyfile"
 CUSTOM_CHECKS = {"CKV_LMNH_1", "CKV_LMNH_2", "CKV_LMNH_3", "CKV_LMNH_4"}
 # The skips written in the template's Metadata, each with its reason.
 SKIPPED = {"CKV_AWS_157", "CKV_AWS_161"}
+# The identity provider's parameters, and the dashboard's settings they become on the host.
+OIDC_PARAMETERS = {
+    "OidcIssuer": "OIDC_ISSUER",
+    "OidcClientId": "OIDC_CLIENT_ID",
+    "OidcProviderName": "OIDC_PROVIDER_NAME",
+    **{f"OidcGroups{role.title()}": f"OIDC_GROUPS_{role.upper()}" for role in STAFF_ROLES},
+}
 
 
 def tool(name: str) -> Path:
@@ -393,6 +402,37 @@ def test_the_host_role_reads_its_own_secrets_and_pulls_its_own_image_only() -> N
             assert statement["Action"] == "ecr:GetAuthorizationToken", sid
 
 
+def test_the_identity_provider_is_optional_and_its_secret_is_in_secrets_manager_alone() -> None:
+    template = load()
+    parameters = template["Parameters"]
+    for name in OIDC_PARAMETERS:
+        assert parameters[name]["Default"] == "", name  # empty: local accounts only
+    rule = json.dumps(template["Rules"]["IdentityProviderNeedsItsClientId"])
+    assert '{"Ref": "OidcIssuer"}' in rule
+    assert '{"Ref": "OidcClientId"}' in rule
+    # The client secret is no parameter (the console and describe-stacks show parameters) but a
+    # secret the stack makes empty, encrypted with its key, for the operator to fill in...
+    assert not [name for name in parameters if "secret" in name.lower()]
+    secret = template["Resources"]["OidcClientSecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    assert secret["Properties"]["KmsKeyId"] == {"Ref": "StackKey"}
+    assert json.loads(secret["Properties"]["SecretString"]) == {"client_secret": ""}
+    assert template["Outputs"]["OidcClientSecretArn"]["Value"] == {"Ref": "OidcClientSecret"}
+    # ... that the host reads at run time by its ARN, from HostSettings. No dynamic reference,
+    # which CloudFormation would resolve into the user data or the SSM parameter in clear, and
+    # the user data names no secret at all.
+    assert "{{resolve:" not in TEMPLATE.read_text(encoding="utf-8")
+    assert not set(re.findall(r"\$\{(\w+)", user_data())) & set(
+        resources(template, "AWS::SecretsManager::Secret")
+    )
+    host_settings = template["Resources"]["HostSettings"]["Properties"]["Value"]["Fn::Sub"]
+    settings = json.loads(as_deployed(host_settings))
+    assert settings["oidc_secret"] == as_deployed("${OidcClientSecret}")  # a secret's Ref: its ARN
+    assert settings["oidc"] == {
+        variable: as_deployed(f"${{{name}}}") for name, variable in OIDC_PARAMETERS.items()
+    }
+
+
 # --- The host's boot script, units and lmnh-configure --------------------------------------
 
 
@@ -501,6 +541,8 @@ class FakeHost:
             "db_master_secret": "arn:master",
             "pipeline_db_secret": "arn:pipeline",
             "dashboard_db_secret": "arn:dashboard",
+            "oidc_secret": "arn:oidc",
+            "oidc": dict.fromkeys(OIDC_PARAMETERS.values(), ""),
             "ca_bundle_url": ca.as_uri(),
         }
         self.secrets = {
@@ -508,6 +550,7 @@ class FakeHost:
             "arn:master": {"username": "lmnh_admin", "password": "master-pw-1"},
             "arn:pipeline": {"username": "lmnh_etl", "password": "etl-pw-1"},
             "arn:dashboard": {"username": "lmnh_wallboard", "password": "wallboard-pw-1"},
+            "arn:oidc": {"client_secret": ""},  # as the stack makes it
         }
 
     def configure(self) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
@@ -532,9 +575,21 @@ class FakeHost:
     def mode(self, path: str) -> int:
         return stat.S_IMODE((self.root / path.lstrip("/")).stat().st_mode)
 
+    def env(self, *names: str) -> dict[str, str]:
+        """What `podman run --env-file` makes of these files of /etc/lmnh, in this order: a
+        later file wins, and values are taken as they are."""
+        lines = [line for name in names for line in self.file(f"/etc/lmnh/{name}").splitlines()]
+        return dict(line.split("=", 1) for line in lines)
 
-def _passwords(host: FakeHost) -> set[str]:
-    return {secret["password"] for secret in host.secrets.values()}
+
+def _secrets(host: FakeHost) -> set[str]:
+    """Every value the host's secrets hold, but their usernames."""
+    return {
+        value
+        for secret in host.secrets.values()
+        for key, value in secret.items()
+        if key != "username" and value
+    }
 
 
 def test_lmnh_configure_writes_the_env_files_applies_the_schema_and_logins(tmp_path: Path) -> None:
@@ -543,22 +598,27 @@ def test_lmnh_configure_writes_the_env_files_applies_the_schema_and_logins(tmp_p
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"lmnh-configure: applied {IMAGE}")
 
-    # lmnh.env, which every program reads, holds no secret; each program's own file holds its
-    # logins (the layout of deploy/systemd's units).
+    # lmnh.env, which every program reads, holds the database's address and no secret; each
+    # program's own file holds its logins (the layout of deploy/systemd's units), and Kafka's
+    # settings are the pipeline's alone.
     assert host.file("/etc/lmnh/lmnh.env") == (
-        "BOOTSTRAP_SERVERS=broker-1.example:9092,broker-2.example:9092\n"
-        "SECURITY_PROTOCOL=SASL_SSL\nSASL_MECHANISM=SCRAM-SHA-512\n"
         "DB_HOST=lmnh-db.abc.eu-west-2.rds.amazonaws.com\nDB_PORT=5432\nDB_NAME=lmnh\n"
         "DB_SSLMODE=verify-full\nDB_SSLROOTCERT=/etc/lmnh/rds-ca.pem\n"
     )
     assert host.file("/etc/lmnh/pipeline.env") == (
+        "BOOTSTRAP_SERVERS=broker-1.example:9092,broker-2.example:9092\n"
+        "SECURITY_PROTOCOL=SASL_SSL\nSASL_MECHANISM=SCRAM-SHA-512\n"
         "SASL_USERNAME=kiosk-etl\nSASL_PASSWORD=kafka-pw-1\n"
         "DB_USERNAME=lmnh_etl\nDB_PASSWORD=etl-pw-1\n"
     )
-    # The dashboard gets the reader's login and nothing of Kafka's.
+    # The dashboard gets its own login, nothing of Kafka's, and no identity provider (none set).
     assert host.file("/etc/lmnh/dashboard.env") == (
         "DB_USERNAME=lmnh_wallboard\nDB_PASSWORD=wallboard-pw-1\n"
     )
+    # Each program accepts its files as podman hands them over: the dashboard (and
+    # lmnh-accounts, run with the same files) has no Kafka login, and is told no SASL.
+    assert load_config(host.env("lmnh.env", "pipeline.env")).kafka.sasl_username == "kiosk-etl"
+    assert load_config(host.env("lmnh.env", "dashboard.env")).database.username == "lmnh_wallboard"
     assert host.file("/etc/lmnh/units.env") == f"LMNH_IMAGE={'f00d' * 16}\nLMNH_TOPIC=lmnh\n"
     for name in ("lmnh.env", "pipeline.env", "dashboard.env", "units.env"):
         assert host.mode(f"/etc/lmnh/{name}") == 0o600
@@ -583,6 +643,9 @@ def test_lmnh_configure_writes_the_env_files_applies_the_schema_and_logins(tmp_p
     assert "DB_PASSWORD" in schema["argv"]
     psql = next(call for call in calls if call["tool"] == "psql")
     assert "\\getenv pipeline_password LMNH_PIPELINE_PASSWORD" in psql["stdin"]
+    # The dashboard's login keeps the staff's sessions: lmnh_dashboard, not the reader's role.
+    assert 'GRANT lmnh_dashboard TO :"dashboard_user";' in psql["stdin"]
+    assert "lmnh_reader" not in psql["stdin"]
     assert psql["env"]["PGUSER"] == "lmnh_admin"
     assert psql["env"]["LMNH_PIPELINE_PASSWORD"] == host.secrets["arn:pipeline"]["password"]
     assert psql["env"]["LMNH_DASHBOARD_PASSWORD"] == host.secrets["arn:dashboard"]["password"]
@@ -590,7 +653,7 @@ def test_lmnh_configure_writes_the_env_files_applies_the_schema_and_logins(tmp_p
     assert restart[2:] == ["lmnh-pipeline.service", "lmnh-dashboard.service"]
     # No password is ever on a command line (where `ps` would show it).
     for call in calls:
-        assert not _passwords(host) & set(call["argv"]), call
+        assert not _secrets(host) & set(call["argv"]), call
 
 
 def test_lmnh_configure_does_nothing_until_something_changes(tmp_path: Path) -> None:
@@ -611,6 +674,58 @@ def test_lmnh_configure_does_nothing_until_something_changes(tmp_path: Path) -> 
     assert psql["env"]["LMNH_PIPELINE_PASSWORD"] == rotated
     assert f"DB_PASSWORD={rotated}\n" in host.file("/etc/lmnh/pipeline.env")
     assert calls[-1]["tool"] == "systemctl"
+
+
+def test_lmnh_configure_gives_the_identity_provider_to_the_dashboard_alone(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path)
+    host.settings["oidc"] |= {
+        "OIDC_ISSUER": "https://login.microsoftonline.com/tenant-1/v2.0",
+        "OIDC_CLIENT_ID": "client-1",
+        "OIDC_PROVIDER_NAME": "LMNH staff account",
+        "OIDC_GROUPS_SECURITY": "group-s1, group-s2",
+        "OIDC_GROUPS_ADMIN": "group-a",
+    }
+    # The secret as the stack made it, empty: local accounts only until it is filled in.
+    done, _calls = host.configure()
+    assert done.returncode == 0, done.stderr
+    assert "lmnh-configure: OidcClientSecret is empty: local accounts only\n" in done.stdout
+    assert "OIDC" not in host.file("/etc/lmnh/dashboard.env")
+
+    client_secret = f"oidc-{uuid.uuid4().hex}"
+    host.secrets["arn:oidc"]["client_secret"] = client_secret
+    done, calls = host.configure()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"lmnh-configure: applied {IMAGE}")
+    assert calls[-1]["argv"][2:] == ["lmnh-pipeline.service", "lmnh-dashboard.service"]
+    assert host.file("/etc/lmnh/dashboard.env") == (
+        "DB_USERNAME=lmnh_wallboard\nDB_PASSWORD=wallboard-pw-1\n"
+        "OIDC_ISSUER=https://login.microsoftonline.com/tenant-1/v2.0\nOIDC_CLIENT_ID=client-1\n"
+        "OIDC_PROVIDER_NAME=LMNH staff account\n"
+        "OIDC_GROUPS_SECURITY=group-s1, group-s2\nOIDC_GROUPS_ADMIN=group-a\n"
+        f"OIDC_CLIENT_SECRET={client_secret}\n"
+    )
+    assert host.mode("/etc/lmnh/dashboard.env") == 0o600
+    # The secret is in no other file, on no command line and in no output (the log).
+    for name in ("lmnh.env", "pipeline.env", "units.env"):
+        assert client_secret not in host.file(f"/etc/lmnh/{name}")
+    for call in calls:
+        assert client_secret not in call["argv"], call
+    assert client_secret not in done.stdout + done.stderr
+    # The dashboard reads what it was given.
+    provider = load_config(host.env("lmnh.env", "dashboard.env")).access.identity_provider
+    assert provider is not None
+    assert (provider.issuer, provider.client_id, provider.name) == (
+        "https://login.microsoftonline.com/tenant-1/v2.0",
+        "client-1",
+        "LMNH staff account",
+    )
+    assert provider.client_secret == Secret(client_secret)
+    assert dict(provider.role_groups) == {
+        "exhibitions": frozenset(),
+        "security": frozenset({"group-s1", "group-s2"}),
+        "operations": frozenset(),
+        "admin": frozenset({"group-a"}),
+    }
 
 
 def test_lmnh_configure_refuses_a_secret_with_a_line_break(tmp_path: Path) -> None:
@@ -669,6 +784,10 @@ def test_the_units_read_the_files_lmnh_configure_writes(tmp_path: Path) -> None:
         "--publish 127.0.0.1:8050:8050 $LMNH_IMAGE lmnh-dashboard --host 0.0.0.0 --port 8050"
     )
     assert published in dashboard
+    # Caddy reaches the container through podman's bridge, from its gateway: the X-Forwarded-*
+    # headers it sets are trusted from there alone, so the dashboard sees the browser's HTTPS
+    # (its secure cookie, the OIDC callback's https:// URL) and address (sign-in limits).
+    assert " --env FORWARDED_ALLOW_IPS=10.88.0.1 " in dashboard
 
 
 def test_the_host_runs_the_projects_caddyfile_in_front_of_the_dashboard(tmp_path: Path) -> None:
@@ -773,6 +892,12 @@ def test_the_parameters_example_names_only_the_templates_parameters() -> None:
     assert named <= set(parameters)
     # Every parameter without a default is in the example.
     assert {name for name, spec in parameters.items() if "Default" not in spec} <= named
+    # And the example's values are ones CloudFormation takes.
+    for item in example:
+        spec, value = parameters[item["ParameterKey"]], item["ParameterValue"]
+        assert re.fullmatch(spec.get("AllowedPattern", ".*"), value), item
+        assert len(value) <= spec.get("MaxLength", len(value)), item
+        assert value in spec.get("AllowedValues", [value]), item
 
 
 def test_the_lock_is_hashed_and_made_by_the_command_in_its_header() -> None:

@@ -49,16 +49,25 @@ def tool(name: str) -> str:
     return path
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+def promtool(*args: str, cwd: Path = RULES) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [tool("promtool"), *args], cwd=RULES, capture_output=True, text=True, check=False
+        [tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, check=False
     )
 
 
-def test_the_rules_and_the_configuration_pass_promtool_checks() -> None:
+def installed(config: Path) -> None:
+    """deploy/prometheus/'s configuration and rules in `config`, with the file that holds the
+    dashboard's scrape token, as an installation has them."""
+    for name in ("prometheus.yml", "alerts.yml"):
+        shutil.copy(RULES / name, config / name)
+    (config / "dashboard-metrics-token").write_text("a-scrape-token-of-at-least-32-characters")
+
+
+def test_the_rules_and_the_configuration_pass_promtool_checks(tmp_path: Path) -> None:
     rules = promtool("check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    config = promtool("check", "config", "prometheus.yml")
+    installed(tmp_path)
+    config = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
     assert config.returncode == 0, config.stdout + config.stderr
 
 
@@ -113,8 +122,7 @@ def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
     binary = tool("prometheus")
     config = tmp_path / "prometheus"
     (config / "targets").mkdir(parents=True)
-    for name in ("prometheus.yml", "alerts.yml"):
-        shutil.copy(RULES / name, config / name)
+    installed(config)
     pipeline_port, port = free_port(), free_port()
     targets = [{"targets": [f"127.0.0.1:{pipeline_port}"]}]
     (config / "targets" / "lmnh-pipeline.json").write_text(json.dumps(targets))
