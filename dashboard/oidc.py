@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+import httpx
 from authlib.integrations.starlette_client import OAuth, OAuthError
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
@@ -94,7 +95,7 @@ def oidc_routes(settings: AccessSettings, sessions: Sessions) -> APIRouter:
         callback = str(request.url_for("from_the_provider"))
         try:
             answer: Response = await oauth.museum.authorize_redirect(request, callback)
-        except Exception as error:
+        except (httpx.HTTPError, ValueError) as error:  # no discovery document, or not JSON
             log.warning("identity provider %s: %s", provider.issuer, error)
             return _provider_failed(provider)
         return answer
@@ -113,9 +114,18 @@ def oidc_routes(settings: AccessSettings, sessions: Sessions) -> APIRouter:
                 f"The sign-in could not be completed ({escape(error.error)}); "
                 '<a href="/signin">try again</a>.',
             )
-        except Exception as error:
+        except httpx.HTTPError as error:  # the provider does not answer: try again later
             log.warning("identity provider %s: %s", provider.issuer, error)
             return _provider_failed(provider)
+        except Exception:  # an ID token that does not verify, however: this sign-in is refused
+            log.exception(
+                "sign-in through %s: the provider's answer did not verify", provider.issuer
+            )
+            return sign_in_page(
+                400,
+                "Sign in",
+                'The sign-in could not be verified; <a href="/signin">try again</a>.',
+            )
         claims = token.get("userinfo") or {}
         roles = roles_from_claims(claims, provider)
         username, name = who(claims)

@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from functools import partial
+from urllib.parse import quote
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dashboard import accounts, live
 from dashboard.access import CONTENT_SECURITY_POLICY, SIGN_IN_COOKIE
@@ -163,12 +166,17 @@ def sign_in(client: TestClient, username: str, password: str, next_page: str = "
     return client.post("/signin", data={**fields, "next": next_page})
 
 
-def add_account(database: DatabaseSettings, username: str, roles: list[str]) -> None:
+def as_owner(database: DatabaseSettings, change: Callable[..., None], *args: object) -> None:
+    """An account change as `lmnh-accounts` makes it, on a connection of its own."""
     conn = connect(database)
     try:
-        accounts.add(conn, username, "R. Pelkman", roles, PASSWORD)
+        change(conn, *args)
     finally:
         conn.close()
+
+
+def add_account(database: DatabaseSettings, username: str, roles: list[str]) -> None:
+    as_owner(database, accounts.add, username, "R. Pelkman", roles, PASSWORD)
 
 
 def test_with_no_account_the_sign_in_page_says_how_to_make_the_first(client: TestClient) -> None:
@@ -220,11 +228,7 @@ def test_a_wrong_password_an_unknown_user_and_a_disabled_account_are_refused_ali
 ) -> None:
     add_account(dashboard_db, "r.pelkman", ["security"])
     add_account(dashboard_db, "gone", ["security"])
-    conn = connect(dashboard_db)
-    try:
-        accounts.disable(conn, "gone")
-    finally:
-        conn.close()
+    as_owner(dashboard_db, accounts.disable, "gone")
     for username, password in (
         ("r.pelkman", "not the password"),
         ("nobody", PASSWORD),
@@ -300,11 +304,7 @@ def test_a_changed_role_counts_at_the_next_request(
     add_account(dashboard_db, "r.pelkman", ["security"])
     sign_in(client, "r.pelkman", PASSWORD)
     assert client.get("/api/feed/latest").status_code == 403
-    conn = connect(dashboard_db)
-    try:
-        accounts.set_roles(conn, "r.pelkman", ["operations"])
-    finally:
-        conn.close()
+    as_owner(dashboard_db, accounts.set_roles, "r.pelkman", ["operations"])
     assert client.get("/api/feed/latest").status_code == 200
     assert client.get("/api/now").status_code == 403
 
@@ -314,11 +314,7 @@ def test_a_new_password_ends_every_session_of_the_account(
 ) -> None:
     add_account(dashboard_db, "r.pelkman", ["security"])
     sign_in(client, "r.pelkman", PASSWORD)
-    conn = connect(dashboard_db)
-    try:
-        accounts.set_password(conn, "r.pelkman", "another long passphrase")
-    finally:
-        conn.close()
+    as_owner(dashboard_db, accounts.set_password, "r.pelkman", "another long passphrase")
     assert client.get("/api/now").status_code == 401
 
 
@@ -476,3 +472,26 @@ def test_an_open_stream_ends_once_its_session_has_ended(
         pool.close()
     assert events[-1].startswith(b"event: signed-out"), events
     assert b"event: snapshot" in b"".join(events)
+
+
+FIELD = st.one_of(st.text(), st.binary().map(lambda raw: raw.decode("latin-1")))
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(fields=st.dictionaries(st.sampled_from(["csrf", "username", "password", "next"]), FIELD))
+def test_any_sign_in_form_is_refused_with_a_reason_never_an_error(
+    client: TestClient, fields: dict[str, str]
+) -> None:
+    """Whatever a form holds (any Unicode, surrogates and NUL included, any bytes), a sign-in
+    without an account is refused: never a 500, never a session."""
+    body = "&".join(
+        f"{quote(name, safe='')}={quote(value, safe='', errors='surrogatepass')}"
+        for name, value in fields.items()
+    )
+    answer = client.post(
+        "/signin", content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert answer.status_code in (401, 403, 413, 429), answer.text
+    assert COOKIE not in client.cookies

@@ -103,7 +103,13 @@ def test_a_local_account_signs_in_after_a_wrong_password_and_out_again(
     assert [seen for seen in problems.seen if not any(b in seen for b in benign)] == []
 
 
-def sign_in_at_the_provider(page: sync_api.Page, account: Account, password: str) -> None:
+def sign_in_at_the_provider(
+    page: sync_api.Page, account: Account, password: str, start: str | None = None
+) -> None:
+    """From the sign-in page (or first to `start`, which leads there), through the provider's
+    own login page."""
+    if start is not None:
+        page.goto(start)
     page.click("a.provider")
     page.fill('input[name="username"]', account.username)
     page.fill('input[name="password"]', password)
@@ -138,8 +144,7 @@ def test_someone_in_none_of_the_dashboards_groups_gets_no_session(
 ) -> None:
     server, _ = signed_out_server
     page = browser.new_page()
-    page.goto(f"{server.url}/signin")
-    sign_in_at_the_provider(page, EVE, PASSWORD)
+    sign_in_at_the_provider(page, EVE, PASSWORD, f"{server.url}/signin")
     expect(page.locator("main")).to_contain_text("none of the dashboard's groups", timeout=WAIT_MS)
     assert query(dashboard_db, "SELECT count(*) FROM staff_session WHERE username = 'eve'") == [
         (0,)
@@ -155,13 +160,12 @@ def test_a_forged_state_is_refused(
     attacker's own code, for example): refused, no session."""
     server, _ = signed_out_server
     page = browser.new_page()
-    page.goto(f"{server.url}/signin")
     redirected: list[str] = []
     page.on(
         "request",
         lambda request: redirected.append(request.url) if "/callback?" in request.url else None,
     )
-    sign_in_at_the_provider(page, RITA, PASSWORD)
+    sign_in_at_the_provider(page, RITA, PASSWORD, f"{server.url}/signin")
     expect(page).to_have_url(f"{server.url}/safety", timeout=WAIT_MS)
     [callback] = redirected
     forged = callback.replace("state=", "state=forged")
@@ -183,8 +187,7 @@ def test_an_expired_session_is_sent_back_to_sign_in(
 ) -> None:
     server, _ = signed_out_server
     page = browser.new_page()
-    page.goto(f"{server.url}/safety")
-    sign_in_at_the_provider(page, RITA, PASSWORD)
+    sign_in_at_the_provider(page, RITA, PASSWORD, f"{server.url}/safety")
     expect(page.locator("#now")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     query(dashboard_db, "UPDATE staff_session SET expires_at = now() - interval '1 second'")
     page.reload()
