@@ -251,7 +251,7 @@ def _answer_errors_in_json(app: FastAPI) -> None:
         return error_answer(400, f"the filters cannot be used: {error}")
 
     @app.exception_handler(HTTPException)
-    def httperror_answer(request: Request, error: HTTPException) -> Response:
+    def http_error(request: Request, error: HTTPException) -> Response:
         """No route, or a method it does not take: the same JSON error body as the rest."""
         message = f"{request.method} {request.url.path}: {error.detail}"
         return error_answer(error.status_code, message, headers=error.headers)
