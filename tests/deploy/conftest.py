@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import re
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -91,14 +90,6 @@ def container_env(settings: Settings, **extra: str) -> dict[str, str]:
     }
     env.update({name: value for name, value in optional.items() if value})
     return {**env, **extra}
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now, for a server on the host's network."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # The member of staff the deploy tests make with the deployed `lmnh-accounts`, and sign in as.

@@ -17,19 +17,13 @@ import pytest
 
 from lmnh.config import VARIABLES
 from tests.deploy import images
-from tests.deploy.conftest import (
-    STAFF,
-    STAFF_PASSWORD,
-    container_env,
-    free_port,
-    get_json,
-    sign_in,
-)
+from tests.deploy.conftest import STAFF, STAFF_PASSWORD, container_env, get_json, sign_in
 from tests.integration.support import (
     ROOT,
     Target,
     assert_exactly_once,
     consumed,
+    free_port,
     wait_until,
 )
 

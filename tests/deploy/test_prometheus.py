@@ -26,12 +26,13 @@ import pytest
 from lmnh.database import connect
 from lmnh.museum import KIOSK_REFERENCE, in_opening_hours
 from simulator.traffic import report_counts
-from tests.deploy.conftest import free_port, get_json
+from tests.deploy.conftest import get_json
 from tests.integration.support import (
     ROOT,
     Target,
     copy_waits_on_a_lock,
     database_counts,
+    free_port,
     start_live_simulator,
     stop_simulator,
     wait_until,

@@ -28,17 +28,11 @@ import pytest
 from bench.proxy import throwaway_certificates
 from bench.proxy import unavailable as proxy_unavailable
 from tests.deploy import images
-from tests.deploy.conftest import (
-    STAFF,
-    STAFF_PASSWORD,
-    container_env,
-    free_port,
-    get_json,
-    sign_in,
-)
+from tests.deploy.conftest import STAFF, STAFF_PASSWORD, container_env, get_json, sign_in
 from tests.integration.support import (
     Target,
     assert_exactly_once,
+    free_port,
     start_live_simulator,
     stop_simulator,
     wait_until,

@@ -4,7 +4,6 @@ pipeline's COPY does, so that the rollup triggers fire)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,7 +24,7 @@ from dashboard.sessions import COOKIE, SECURE_COOKIE, session_without_sign_in
 from lmnh.config import DatabaseSettings, Settings
 from lmnh.database import connect, drop_database
 from lmnh.museum import LONDON
-from tests.integration.support import PYTHON, ROOT, clean_env, schema_database
+from tests.integration.support import PYTHON, ROOT, clean_env, free_port, schema_database
 
 # The exhibitions of the seed data, by public id.
 NAMES = {
@@ -177,9 +176,7 @@ def dashboard_process(
     """`python -m dashboard` on `database` and `port` (default: a free one), with these options
     and `env` on top of the tests' environment, until the block ends."""
     if port is None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
     process = subprocess.Popen(
         [PYTHON, "-m", "dashboard", "--port", str(port), "--env-file", "/dev/null", *options],
         cwd=ROOT,

@@ -17,7 +17,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
@@ -32,7 +31,7 @@ from lmnh.database import connect, create_database
 from stack import postgres_server
 from stack.postgres_server import Cluster
 from tests.integration.silent import process_tree
-from tests.integration.support import wait_until
+from tests.integration.support import free_port, wait_until
 
 HOST = "127.0.0.1"
 SUPERUSER = "lmnh"
@@ -225,19 +224,12 @@ def _tls_settings(server: Server, certificate: Path, key: Path) -> tuple[str, ..
 def _server(base: Cluster, home: Path, password: str) -> Server:
     home.mkdir()
     _own(home, base)
-    return Server(Cluster(base.bindir, home, base.owner), _free_port(), password)
+    return Server(Cluster(base.bindir, home, base.owner), free_port(), password)
 
 
 def _own(path: Path, base: Cluster) -> None:
     if base.owner is not None:
         os.chown(path, base.owner.pw_uid, base.owner.pw_gid)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _initdb(server: Server) -> None:

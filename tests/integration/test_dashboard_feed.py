@@ -6,7 +6,6 @@ OpenAPI document. And the pipeline is seen connected by a plain lmnh_reader logi
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from lmnh.database import connect
 from lmnh.museum import LONDON, OPENS, in_opening_hours
 from tests.integration.conftest import MakeLogin
 from tests.integration.dashboard_support import NAMES, dashboard_db, query, staff_cookies, store
-from tests.integration.support import Target
+from tests.integration.support import Target, free_port
 
 pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
@@ -650,9 +649,7 @@ def test_a_query_that_cannot_be_read_is_refused_with_every_problem(
 
 
 def test_a_database_that_does_not_answer_is_a_503(dashboard_db: DatabaseSettings) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]  # nothing listens there once the probe is closed
+    closed = free_port()  # nothing listens there
     app = create_app(replace(dashboard_db, host="127.0.0.1", port=closed), clock=lambda: SERVER_NOW)
     staff = {COOKIE: "unchecked"}  # the database that would check it does not answer either
     for path in ("/api/feed/pipeline", "/api/feed/latest", "/api/feed/rejected"):

@@ -19,16 +19,10 @@ from dashboard.pool import NOT_ANSWERING, REFUSED
 from dashboard.sessions import COOKIE
 from lmnh.config import DatabaseSettings, Settings
 from tests.integration.dashboard_support import dashboard_db, dashboard_process
-from tests.integration.support import PYTHON, ROOT, clean_env
+from tests.integration.support import PYTHON, ROOT, clean_env, free_port
 
 pytestmark = pytest.mark.integration
 __all__ = ["dashboard_db"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 CLOSED = free_port()  # nothing listens there: the database is "down"

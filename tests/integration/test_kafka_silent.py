@@ -30,6 +30,7 @@ from tests.integration.silent import connections, frozen, require_nft, silenced
 from tests.integration.support import (
     Target,
     copy_waits_on_a_lock,
+    free_port,
     high_watermarks,
     stored_coordinates,
     wait_until,
@@ -186,13 +187,6 @@ def listening(address: str, broker: subprocess.Popen[bytes]) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow  # a broker of its own to freeze: about 40 s in all

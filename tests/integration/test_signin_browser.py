@@ -6,7 +6,6 @@ and an expired session each end where they should."""
 from __future__ import annotations
 
 import shutil
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from lmnh.config import DatabaseSettings
 from lmnh.database import connect
 from stack.identity_provider import Account, Client, Provider, identity_provider
 from tests.integration.dashboard_support import Dashboard, dashboard_db, dashboard_process, query
+from tests.integration.support import free_port
 from tests.integration.test_dashboard_browser import Problems, browser, screenshot, screenshots
 from tests.integration.test_now_browser import CLOCK_OPEN
 
@@ -35,12 +35,6 @@ CLIENT_SECRET = "the dashboard's client secret"  # noqa: S105 - the test provide
 RITA = Account("rita", PASSWORD, "Rita Pelkman", "rita@lmnh.example", ["lmnh-security"])
 EVE = Account("eve", PASSWORD, "Eve Visitor", "eve@lmnh.example", ["volunteers"])
 WAIT_MS = 15_000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
